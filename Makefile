@@ -1,0 +1,44 @@
+# Two commands on a fresh machine: `make run` and `make test`. Everything they need is installed here.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+NODE_STAMP := tests/node/node_modules/.installed-$(shell cat tests/node/package-lock.json | cksum | cut -d' ' -f1)
+PYTEST_ARGS ?=
+
+.PHONY: install node run test lint bench loadtest clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required")'
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	rm -f $(VENV)/.installed-*
+	touch $(STAMP)
+
+install: $(STAMP)
+
+$(NODE_STAMP): tests/node/package-lock.json tests/node/package.json
+	cd tests/node && npm ci --no-audit --no-fund --loglevel=error
+	rm -f tests/node/node_modules/.installed-*
+	touch $(NODE_STAMP)
+
+node: $(NODE_STAMP)
+
+## Start the server with embedded PostgreSQL and Redis (or DATABASE_URL / REDIS_URL), print demo tokens.
+run: install
+	$(VENV)/bin/collab-server serve --demo
+
+## Install everything and run the whole suite against real PostgreSQL, Redis, sockets and clients.
+test: install node
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+bench: install node
+	$(PY) -m bench.run
+
+clean:
+	rm -rf $(VENV) .collab tests/node/node_modules

@@ -1,0 +1,137 @@
+"""The Starlette application: wiring of store, write-ahead, hub and routes, and their lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import asyncpg
+import redis.asyncio as aioredis
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route, WebSocketRoute
+
+from . import db
+from .auth import AccessResolver, TokenVerifier, load_secret
+from .config import Settings
+from .connection import Connection
+from .hub import Hub
+from .metrics import METRICS
+from .migrate import migrate
+from .room import Room
+from .store import DocumentStore
+from .transport import websocket_endpoint
+from .wal import WriteAhead
+
+log = logging.getLogger("collab.app")
+
+
+@dataclass
+class AppContext:
+    """Everything a request handler may reach, built once per process."""
+
+    settings: Settings
+    pool: asyncpg.Pool
+    redis: aioredis.Redis
+    store: DocumentStore
+    wal: WriteAhead
+    hub: Hub
+    tokens: TokenVerifier
+    access: AccessResolver
+    process_id: str = field(default_factory=lambda: f"{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+    def on_connect(self, room: Room, conn: Connection) -> None:
+        """Hook for presence; a no-op until presence is wired in."""
+
+    def on_disconnect(self, room: Room, conn: Connection) -> None:
+        """Hook for presence; a no-op until presence is wired in."""
+
+
+async def build_context(settings: Settings, database_url: str, redis_url: str) -> AppContext:
+    conn = await db.connect(database_url)
+    try:
+        await migrate(conn)
+    finally:
+        await conn.close()
+    pool = await db.create_pool(database_url)
+    redis = aioredis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2)
+    store = DocumentStore(pool, settings.version_interval_seconds)
+    if settings.auth == "off":
+        await store.ensure_local_workspace()
+    wal = WriteAhead(pool, settings.commit_window_ms / 1000, settings.write_backlog_bytes)
+    hub = Hub(settings, store, wal)
+    wal._on_committed = hub.on_committed
+    tokens = TokenVerifier(load_secret(settings))
+    return AppContext(settings, pool, redis, store, wal, hub, tokens, AccessResolver(pool))
+
+
+async def start_context(ctx: AppContext) -> None:
+    ctx.wal.start()
+    ctx.hub.start()
+    # Rows left by a crash are compacted at start so yjs_state catches up without a client.
+    for document_id in await ctx.store.pending_documents():
+        with contextlib.suppress(Exception):
+            await ctx.store.compact(document_id)
+
+
+async def stop_context(ctx: AppContext) -> None:
+    await ctx.hub.shutdown()
+    await ctx.wal.stop(ctx.settings.shutdown_timeout)
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(ctx.pool.close(), 5)
+    with contextlib.suppress(Exception):
+        await ctx.redis.aclose()
+
+
+async def healthz(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    ctx: AppContext = request.app.state.ctx
+    checks: dict[str, str] = {}
+    try:
+        await asyncio.wait_for(ctx.pool.fetchval("SELECT 1"), 2)
+        checks["postgres"] = "ok" if ctx.wal.healthy else f"write-ahead retrying: {ctx.wal.last_error}"
+    except Exception as exc:
+        checks["postgres"] = f"down: {exc.__class__.__name__}"
+    try:
+        await asyncio.wait_for(ctx.redis.ping(), 2)
+        checks["redis"] = "ok"
+    except Exception as exc:
+        checks["redis"] = f"down: {exc.__class__.__name__}"
+    down = [name for name, state in checks.items() if state != "ok"]
+    body = {"status": "ready" if not down else "unavailable", "checks": checks, **ctx.hub.stats()}
+    if down:
+        body["down"] = down
+    return JSONResponse(body, status_code=200 if not down else 503)
+
+
+async def metrics(request: Request) -> Response:
+    return PlainTextResponse(METRICS.render(), media_type="text/plain; version=0.0.4")
+
+
+def create_app(settings: Settings, database_url: str, redis_url: str) -> Starlette:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        ctx = await build_context(settings, database_url, redis_url)
+        app.state.ctx = ctx
+        await start_context(ctx)
+        try:
+            yield
+        finally:
+            await stop_context(ctx)
+
+    routes = [
+        Route("/healthz", healthz),
+        Route("/readyz", readyz),
+        Route("/metrics", metrics),
+        WebSocketRoute("/ws/{document_id:path}", websocket_endpoint),
+    ]
+    return Starlette(routes=routes, lifespan=lifespan)

@@ -1,0 +1,207 @@
+"""One typed settings object, read from the environment once at start-up.
+
+Every knob the server has lives here so that a bad value fails at start with one
+clear line instead of surfacing later as a confusing runtime error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+
+class ConfigError(ValueError):
+    """A setting has a value the server cannot use; the message is one line for the operator."""
+
+
+def _parse_bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError("expected one of true/false/1/0/yes/no/on/off")
+
+
+def _parse_port(raw: str) -> int:
+    port = int(raw)
+    if not 0 <= port <= 65535:
+        raise ValueError("expected a port number between 0 and 65535")
+    return port
+
+
+def _parse_positive_int(raw: str) -> int:
+    value = int(raw)
+    if value <= 0:
+        raise ValueError("expected a positive whole number")
+    return value
+
+
+def _parse_non_negative_float(raw: str) -> float:
+    value = float(raw)
+    if value < 0 or value != value:
+        raise ValueError("expected a non-negative number")
+    return value
+
+
+def _parse_db_url(raw: str) -> str:
+    parts = urlsplit(raw)
+    if parts.scheme not in {"postgres", "postgresql"} or not (parts.hostname or "host=" in parts.query):
+        raise ValueError("expected postgresql://user:password@host:port/database")
+    return raw
+
+
+def _parse_redis_url(raw: str) -> str:
+    parts = urlsplit(raw)
+    if parts.scheme not in {"redis", "rediss", "unix"}:
+        raise ValueError("expected redis://host:port/db")
+    return raw
+
+
+def _parse_auth(raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in {"on", "off"}:
+        raise ValueError("expected 'on' or 'off'")
+    return value
+
+
+def mask_url(url: str) -> str:
+    """Hide the password of a URL so it can be printed in an error line."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable url>"
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _env(name: str, parser: Callable[[str], Any] | None = None) -> dict[str, Any]:
+    return {"env": name, "parser": parser}
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Server configuration. Field metadata names the environment variable that sets it."""
+
+    database_url: str | None = field(default=None, metadata=_env("DATABASE_URL", _parse_db_url))
+    redis_url: str | None = field(default=None, metadata=_env("REDIS_URL", _parse_redis_url))
+    host: str = field(default="127.0.0.1", metadata=_env("COLLAB_HOST"))
+    port: int = field(default=8080, metadata=_env("COLLAB_PORT", _parse_port))
+    data_dir: Path = field(default=Path(".collab"), metadata=_env("COLLAB_DATA_DIR", Path))
+    log_level: str = field(default="info", metadata=_env("COLLAB_LOG_LEVEL"))
+    auth: str = field(default="on", metadata=_env("COLLAB_AUTH", _parse_auth))
+    jwt_secret: str | None = field(default=None, metadata=_env("COLLAB_JWT_SECRET"))
+
+    # Rooms and connections.
+    room_grace_seconds: float = field(
+        default=30.0, metadata=_env("COLLAB_ROOM_GRACE_SECONDS", _parse_non_negative_float)
+    )
+    max_message_bytes: int = field(
+        default=8 * 1024 * 1024, metadata=_env("COLLAB_MAX_MESSAGE_BYTES", _parse_positive_int)
+    )
+    send_queue_bytes: int = field(
+        default=16 * 1024 * 1024, metadata=_env("COLLAB_SEND_QUEUE_BYTES", _parse_positive_int)
+    )
+    max_rooms: int = field(default=10_000, metadata=_env("COLLAB_MAX_ROOMS", _parse_positive_int))
+    max_connections: int = field(
+        default=20_000, metadata=_env("COLLAB_MAX_CONNECTIONS", _parse_positive_int)
+    )
+    ping_interval: float = field(
+        default=10.0, metadata=_env("COLLAB_PING_INTERVAL", _parse_non_negative_float)
+    )
+    ping_timeout: float = field(
+        default=20.0, metadata=_env("COLLAB_PING_TIMEOUT", _parse_non_negative_float)
+    )
+    max_awareness_bytes: int = field(
+        default=64 * 1024, metadata=_env("COLLAB_MAX_AWARENESS_BYTES", _parse_positive_int)
+    )
+
+    # Durability.
+    commit_window_ms: float = field(
+        default=5.0, metadata=_env("COLLAB_COMMIT_WINDOW_MS", _parse_non_negative_float)
+    )
+    compact_max_updates: int = field(
+        default=500, metadata=_env("COLLAB_COMPACT_MAX_UPDATES", _parse_positive_int)
+    )
+    compact_max_bytes: int = field(
+        default=1024 * 1024, metadata=_env("COLLAB_COMPACT_MAX_BYTES", _parse_positive_int)
+    )
+    compact_max_age_seconds: float = field(
+        default=30.0, metadata=_env("COLLAB_COMPACT_MAX_AGE_SECONDS", _parse_non_negative_float)
+    )
+    version_interval_seconds: float = field(
+        default=600.0, metadata=_env("COLLAB_VERSION_INTERVAL_SECONDS", _parse_non_negative_float)
+    )
+    write_backlog_bytes: int = field(
+        default=64 * 1024 * 1024, metadata=_env("COLLAB_WRITE_BACKLOG_BYTES", _parse_positive_int)
+    )
+    shutdown_timeout: float = field(
+        default=20.0, metadata=_env("COLLAB_SHUTDOWN_TIMEOUT", _parse_non_negative_float)
+    )
+
+    # Presence.
+    presence_ttl_seconds: int = field(
+        default=300, metadata=_env("COLLAB_PRESENCE_TTL_SECONDS", _parse_positive_int)
+    )
+    presence_heartbeat_seconds: float = field(
+        default=30.0, metadata=_env("COLLAB_PRESENCE_HEARTBEAT_SECONDS", _parse_non_negative_float)
+    )
+    presence_min_interval: float = field(
+        default=1.0, metadata=_env("COLLAB_PRESENCE_MIN_INTERVAL", _parse_non_negative_float)
+    )
+    process_heartbeat_seconds: float = field(
+        default=5.0, metadata=_env("COLLAB_PROCESS_HEARTBEAT_SECONDS", _parse_non_negative_float)
+    )
+    process_dead_after_seconds: float = field(
+        default=20.0, metadata=_env("COLLAB_PROCESS_DEAD_AFTER_SECONDS", _parse_non_negative_float)
+    )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Build settings from the environment; raise ConfigError naming the first bad variable."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            name = f.metadata["env"]
+            raw = environ.get(name)
+            if raw is None or raw == "":
+                continue
+            parser = f.metadata["parser"]
+            try:
+                values[f.name] = parser(raw) if parser else raw
+            except (ValueError, TypeError) as exc:
+                shown = mask_url(raw) if name.endswith("_URL") else raw
+                reason = str(exc) if isinstance(exc, ValueError) and str(exc) else "invalid value"
+                if "invalid literal" in reason or "could not convert" in reason:
+                    reason = "not a number"
+                raise ConfigError(f"{name}={shown!r} is invalid: {reason}") from None
+        values.update(overrides)
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if self.ping_interval and self.ping_timeout and self.ping_timeout < 1:
+            raise ConfigError("COLLAB_PING_TIMEOUT must be at least 1 second")
+        if self.presence_heartbeat_seconds >= self.presence_ttl_seconds:
+            raise ConfigError("COLLAB_PRESENCE_HEARTBEAT_SECONDS must be shorter than the presence TTL")
+        if self.auth == "on" and self.jwt_secret is not None and len(self.jwt_secret) < 16:
+            raise ConfigError("COLLAB_JWT_SECRET must be at least 16 characters")
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    @staticmethod
+    def documented() -> list[tuple[str, str]]:
+        """(variable, default) pairs, for the README table and `--help`."""
+        return [
+            (f.metadata["env"], repr(f.default) if f.default is not None else "unset")
+            for f in dataclasses.fields(Settings)
+        ]

@@ -1,0 +1,274 @@
+"""The room registry: the one owner of every room's lifecycle (load, share, compact, unload).
+
+A room is loaded once however many clients join at the same moment, unloaded after its
+last connection leaves plus a grace period, and never dropped with edits that are not yet
+written: unload flushes the write-ahead and compacts first. A failed load leaves no room
+behind, so the next join tries again instead of finding a broken room.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+from uuid import UUID
+
+from .config import Settings
+from .connection import Connection
+from .metrics import METRICS
+from .protocol import CloseCode
+from .room import AwarenessListener, Room
+from .store import DocumentStore
+from .wal import WriteAhead
+
+log = logging.getLogger("collab.hub")
+
+
+class RoomUnavailable(Exception):
+    """A room cannot be opened; carries the close code and reason for the client."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+class Hub:
+    def __init__(
+        self,
+        settings: Settings,
+        store: DocumentStore,
+        wal: WriteAhead,
+        on_awareness: AwarenessListener | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.wal = wal
+        self.on_awareness = on_awareness
+        self.rooms: dict[UUID, Room] = {}
+        self._loading: dict[UUID, asyncio.Future[Room]] = {}
+        self._unloading: dict[UUID, asyncio.Task[None]] = {}
+        self._grace: dict[UUID, asyncio.TimerHandle] = {}
+        self._compactions: set[asyncio.Task[None]] = set()  # background work: loads, compactions
+        self._sweeper: asyncio.Task[None] | None = None
+        self._shutdown: asyncio.Future[None] | None = None
+        self.connections = 0
+        self.closing = False
+        METRICS.gauge("collab_rooms", lambda: len(self.rooms))
+        METRICS.gauge("collab_connections", lambda: self.connections)
+        METRICS.gauge("collab_wal_backlog_bytes", lambda: self.wal.backlog_bytes)
+
+    def start(self) -> None:
+        self._sweeper = asyncio.create_task(self._sweep(), name="compaction-sweeper")
+
+    # -- joining and leaving -------------------------------------------------------------
+
+    async def join(self, document_id: UUID, conn: Connection) -> Room:
+        if self.closing:
+            raise RoomUnavailable(CloseCode.GOING_AWAY, "server is shutting down")
+        if self.connections >= self.settings.max_connections:
+            raise RoomUnavailable(CloseCode.TRY_AGAIN_LATER, "connection limit reached on this server")
+        self.connections += 1
+        try:
+            room = await self.open_room(document_id)
+        except BaseException:
+            self.connections -= 1
+            raise
+        room.add(conn)
+        return room
+
+    async def open_room(self, document_id: UUID) -> Room:
+        """The live room for a document, loading it once for every concurrent caller."""
+        timer = self._grace.pop(document_id, None)
+        if timer is not None:
+            timer.cancel()
+        room = self.rooms.get(document_id)
+        if room is not None:
+            return room
+        pending = self._loading.get(document_id)
+        if pending is None:
+            if len(self.rooms) + len(self._loading) >= self.settings.max_rooms:
+                raise RoomUnavailable(CloseCode.TRY_AGAIN_LATER, "room limit reached on this server")
+            pending = asyncio.get_running_loop().create_future()
+            self._loading[document_id] = pending
+            task = asyncio.create_task(self._load(document_id, pending), name=f"load-{document_id}")
+            self._compactions.add(task)  # keep a reference; awaited at shutdown with the rest
+            task.add_done_callback(self._compactions.discard)
+        return await asyncio.shield(pending)
+
+    async def _load(self, document_id: UUID, result: asyncio.Future[Room]) -> None:
+        try:
+            unloading = self._unloading.get(document_id)
+            if unloading is not None:
+                await asyncio.shield(unloading)
+            loaded = await self.store.load(document_id)
+            if loaded is None:
+                raise RoomUnavailable(CloseCode.NOT_FOUND, "document not found")
+            room = Room(document_id, loaded.workspace_id, loaded.type, self.wal, self.on_awareness)
+            room.load_state(loaded.state)
+            if loaded.pending:
+                room.pending_updates = loaded.pending
+                room.pending_since = time.monotonic()
+            self.rooms[document_id] = room
+            METRICS.inc("collab_rooms_loaded_total")
+            result.set_result(room)
+        except RoomUnavailable as exc:
+            result.set_exception(exc)
+        except Exception as exc:
+            log.warning("loading document %s failed: %s", document_id, exc)
+            result.set_exception(RoomUnavailable(CloseCode.TRY_AGAIN_LATER, "document could not be loaded"))
+        finally:
+            self._loading.pop(document_id, None)
+            if not result.done():  # cancelled
+                result.set_exception(RoomUnavailable(CloseCode.TRY_AGAIN_LATER, "loading interrupted"))
+            # A result nobody awaited must not warn "exception never retrieved".
+            if result.exception() is not None:
+                result.exception()
+
+    def leave(self, room: Room, conn: Connection) -> None:
+        self.connections -= 1
+        room.remove(conn)
+        if not room.connections and self.rooms.get(room.id) is room:
+            self._schedule_unload(room)
+
+    def _schedule_unload(self, room: Room) -> None:
+        if self.closing:
+            return  # shutdown persists every room itself
+        grace = self.settings.room_grace_seconds
+        if grace <= 0:
+            self._start_unload(room)
+            return
+        loop = asyncio.get_running_loop()
+        self._grace[room.id] = loop.call_later(grace, self._start_unload, room)
+
+    def _start_unload(self, room: Room) -> None:
+        self._grace.pop(room.id, None)
+        if room.connections or self.rooms.get(room.id) is not room:
+            return
+        del self.rooms[room.id]
+        task = asyncio.create_task(self._unload(room), name=f"unload-{room.id}")
+        self._unloading[room.id] = task
+
+    async def _unload(self, room: Room) -> None:
+        try:
+            await self._persist(room, snapshot=room.edits_since_version)
+        finally:
+            self._unloading.pop(room.id, None)
+            METRICS.inc("collab_rooms_unloaded_total")
+
+    async def _persist(self, room: Room, snapshot: bool) -> None:
+        """Flush the write-ahead, then compact. On failure the rows stay and the sweeper retries."""
+        if not await self.wal.flush(self.settings.shutdown_timeout):
+            log.warning("room %s unloaded with updates still queued for PostgreSQL", room.id)
+            return
+        try:
+            await self.store.compact(room.id, snapshot=snapshot)
+        except Exception as exc:
+            METRICS.inc("collab_compaction_failures_total")
+            log.warning("compacting %s failed (will retry): %s", room.id, exc)
+
+    # -- compaction policy ---------------------------------------------------------------
+
+    def on_committed(self, summary: dict[UUID, tuple[int, int]]) -> None:
+        """Called by the write-ahead after each group commit."""
+        now = time.monotonic()
+        s = self.settings
+        for document_id, (count, size) in summary.items():
+            room = self.rooms.get(document_id)
+            if room is None:
+                continue
+            room.pending_updates += count
+            room.pending_bytes += size
+            if room.pending_since is None:
+                room.pending_since = now
+            if room.pending_updates >= s.compact_max_updates or room.pending_bytes >= s.compact_max_bytes:
+                self.request_compaction(room)
+
+    def request_compaction(self, room: Room) -> None:
+        if room.compacting:
+            room.compact_again = True
+            return
+        room.compacting = True
+        task = asyncio.create_task(self._compact(room), name=f"compact-{room.id}")
+        self._compactions.add(task)
+        task.add_done_callback(self._compactions.discard)
+
+    async def _compact(self, room: Room) -> None:
+        try:
+            while True:
+                room.compact_again = False
+                taken, room.pending_updates, room.pending_bytes = room.pending_updates, 0, 0
+                room.pending_since = None
+                snapshot = room.edits_since_version and (
+                    time.monotonic() - room.last_version_at >= self.settings.version_interval_seconds
+                )
+                try:
+                    result = await self.store.compact(room.id, snapshot=snapshot)
+                except Exception as exc:
+                    METRICS.inc("collab_compaction_failures_total")
+                    log.warning("compacting %s failed (will retry): %s", room.id, exc)
+                    room.pending_updates += taken
+                    room.pending_since = room.pending_since or time.monotonic()
+                    return
+                if result is not None and result.version_number is not None:
+                    room.last_version_at = time.monotonic()
+                    room.edits_since_version = False
+                if not room.compact_again:
+                    return
+        finally:
+            room.compacting = False
+
+    async def _sweep(self) -> None:
+        """Compact rooms whose oldest pending update passed the age threshold."""
+        interval = max(0.2, min(5.0, self.settings.compact_max_age_seconds / 2))
+        while True:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            for room in list(self.rooms.values()):
+                if (
+                    room.pending_since is not None
+                    and now - room.pending_since >= self.settings.compact_max_age_seconds
+                    and self.wal.healthy
+                ):
+                    self.request_compaction(room)
+
+    # -- shutdown ------------------------------------------------------------------------
+
+    async def shutdown(self) -> None:
+        """Close every socket with 1001, write everything ahead, compact, unload (once)."""
+        if self._shutdown is None:
+            self._shutdown = asyncio.ensure_future(self._shutdown_once())
+        await asyncio.shield(self._shutdown)
+
+    async def _shutdown_once(self) -> None:
+        self.closing = True
+        for timer in self._grace.values():
+            timer.cancel()
+        self._grace.clear()
+        for room in self.rooms.values():
+            room.close_all(CloseCode.GOING_AWAY, "server shutting down")
+        # Let the sockets finish closing so no frame arrives after the final flush.
+        for _ in range(50):
+            if not self.connections:
+                break
+            await asyncio.sleep(0.02)
+        deadline = self.settings.shutdown_timeout
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(deadline):
+                if self._compactions:
+                    await asyncio.gather(*self._compactions, return_exceptions=True)
+                if self._unloading:
+                    await asyncio.gather(*self._unloading.values(), return_exceptions=True)
+                rooms = list(self.rooms.values())
+                self.rooms.clear()
+                await asyncio.gather(
+                    *(self._persist(r, snapshot=r.edits_since_version) for r in rooms), return_exceptions=True
+                )
+        if self._sweeper:
+            self._sweeper.cancel()
+
+    def stats(self) -> dict[str, Any]:
+        return {"rooms": len(self.rooms), "connections": self.connections}
+

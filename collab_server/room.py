@@ -1,0 +1,190 @@
+"""One open document: its pycrdt Doc, its awareness, its connections, and fan-out.
+
+Messages of a room are handled synchronously in arrival order (the event loop is the
+room's lock): apply to the Doc, then queue the resulting frame for every other
+connection. The update the Doc emits is encoded into a frame once and that same bytes
+object is shared by every receiver, and handed once to the write-ahead.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+from uuid import UUID
+
+from pycrdt import Doc, TransactionEvent
+
+from .awareness import RoomAwareness
+from .connection import Connection
+from .metrics import METRICS
+from .protocol import (
+    CloseCode,
+    Kind,
+    Message,
+    ProtocolError,
+    encode_awareness,
+    encode_permission_denied,
+    encode_sync_step1,
+    encode_sync_step2,
+    encode_update,
+)
+
+if TYPE_CHECKING:
+    from .wal import WriteAhead
+
+log = logging.getLogger("collab.room")
+
+# Called with (room, connection, {client_id: state}) when a connection's awareness changes.
+AwarenessListener = Callable[["Room", Connection, dict[int, Any]], None]
+
+
+class Room:
+    def __init__(
+        self,
+        document_id: UUID,
+        workspace_id: UUID | None = None,
+        doc_type: str = "markdown",
+        wal: WriteAhead | None = None,
+        on_awareness: AwarenessListener | None = None,
+    ) -> None:
+        self.id = document_id
+        self.workspace_id = workspace_id
+        self.type = doc_type
+        self.doc = Doc()
+        self.awareness = RoomAwareness()
+        self.connections: set[Connection] = set()
+        self._wal = wal
+        self._on_awareness = on_awareness
+        self._origin: Connection | None = None
+        self._subscription = self.doc.observe(self._on_doc_update)
+        # Write-ahead bookkeeping, read by the hub's compaction policy.
+        self.edits_since_version = False
+        self.pending_updates = 0
+        self.pending_bytes = 0
+        self.pending_since: float | None = None
+        self.compacting = False
+        self.compact_again = False
+        self.last_version_at = time.monotonic()
+        self.write_refused = False
+
+    # -- loading -------------------------------------------------------------------------
+
+    def load_state(self, state: bytes) -> None:
+        """Apply the stored state without relaying or re-storing it."""
+        if not state:
+            return
+        self.doc.unobserve(self._subscription)
+        try:
+            self.doc.apply_update(state)
+        finally:
+            self._subscription = self.doc.observe(self._on_doc_update)
+
+    # -- connections ---------------------------------------------------------------------
+
+    def add(self, conn: Connection) -> None:
+        self.connections.add(conn)
+        # What a y-websocket server sends on connect: its step 1, then everyone's awareness.
+        conn.send(encode_sync_step1(self.doc.get_state()))
+        states = self.awareness.encode_all()
+        if states is not None:
+            conn.send(encode_awareness(states))
+
+    def remove(self, conn: Connection) -> None:
+        self.connections.discard(conn)
+        removal = self.awareness.remove_owner(conn)
+        if removal is not None:
+            self.broadcast(encode_awareness(removal), exclude=conn)
+
+    # -- messages ------------------------------------------------------------------------
+
+    def handle(self, conn: Connection, msg: Message) -> None:
+        kind = msg.kind
+        if kind is Kind.SYNC_UPDATE or kind is Kind.SYNC_STEP2:
+            self._handle_update(conn, msg.payload)
+        elif kind is Kind.AWARENESS:
+            self._handle_awareness(conn, msg.payload)
+        elif kind is Kind.SYNC_STEP1:
+            try:
+                diff = self.doc.get_update(msg.payload)
+            except ValueError:
+                raise ProtocolError(CloseCode.INVALID_PAYLOAD, "invalid state vector") from None
+            conn.send(encode_sync_step2(diff))
+        elif kind is Kind.QUERY_AWARENESS:
+            states = self.awareness.encode_all()
+            if states is not None:
+                conn.send(encode_awareness(states))
+        # Kind.AUTH from a client carries nothing we act on.
+
+    def _handle_update(self, conn: Connection, update: bytes) -> None:
+        if not conn.info.can_write:
+            if not conn.denied_sent:
+                conn.denied_sent = True
+                conn.send(encode_permission_denied("read-only: this connection may not edit the document"))
+            return
+        if self._wal is not None and not self._wal.has_room_for(len(update)):
+            raise ProtocolError(
+                CloseCode.TRY_AGAIN_LATER, "storage backlog full: edits are paused, reconnect later"
+            )
+        self.apply_update(update, conn)
+
+    def apply_update(self, update: bytes, origin: Connection | None) -> None:
+        """Apply an update (from a client or the HTTP API); raise ProtocolError if invalid."""
+        self._origin = origin
+        try:
+            self.doc.apply_update(update)
+        except ValueError:
+            raise ProtocolError(CloseCode.INVALID_PAYLOAD, "invalid Yjs update") from None
+        except BaseException as exc:  # a Rust panic surfaces as PanicException (a BaseException)
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
+            log.error("pycrdt failed on an update in room %s: %r", self.id, exc)
+            raise ProtocolError(CloseCode.INVALID_PAYLOAD, "invalid Yjs update") from None
+        finally:
+            self._origin = None
+
+    def _on_doc_update(self, event: TransactionEvent) -> None:
+        update = event.update
+        origin = self._origin
+        self.broadcast(encode_update(update), exclude=origin)
+        self.edits_since_version = True
+        if self._wal is not None:
+            from .wal import PendingUpdate
+
+            info = origin.info if origin is not None else None
+            accepted = self._wal.append(
+                PendingUpdate(
+                    self.id,
+                    update,
+                    info.user_id if info else None,
+                    info.device_name if info else None,
+                    info.client_version if info else None,
+                )
+            )
+            if not accepted:  # checked before applying; only a race with a huge update lands here
+                self.write_refused = True
+                log.error("write-ahead backlog full: an update of room %s is held in memory only", self.id)
+
+    def _handle_awareness(self, conn: Connection, payload: bytes) -> None:
+        change = self.awareness.apply(
+            payload, conn, may_take_over=lambda other: other.info.user_id == conn.info.user_id  # type: ignore[attr-defined]
+        )
+        if change.dropped:
+            METRICS.inc("collab_awareness_dropped_total", change.dropped)
+        if change.relay is not None:
+            # Echoed to the sender too: y-websocket clients reconnect after 30 s without
+            # receiving anything, and a client alone in a room only hears its own echo.
+            self.broadcast(encode_awareness(change.relay))
+        if change.states and self._on_awareness is not None:
+            self._on_awareness(self, conn, change.states)
+
+    def broadcast(self, frame: bytes, exclude: Connection | None = None) -> None:
+        for conn in self.connections:
+            if conn is not exclude:
+                conn.send(frame)
+        METRICS.inc("collab_messages_out_total", len(self.connections) - (exclude in self.connections))
+
+    def close_all(self, code: int, reason: str) -> None:
+        for conn in list(self.connections):
+            conn.close(code, reason)
