@@ -6,24 +6,27 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import asyncpg
 import redis.asyncio as aioredis
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
-from . import db
+from . import api, db
 from .auth import AccessResolver, TokenVerifier, load_secret
 from .config import Settings
 from .connection import Connection
 from .hub import Hub
 from .metrics import METRICS
 from .migrate import migrate
+from .presence import Presence
 from .room import Room
 from .store import DocumentStore
 from .transport import websocket_endpoint
@@ -44,13 +47,14 @@ class AppContext:
     hub: Hub
     tokens: TokenVerifier
     access: AccessResolver
-    process_id: str = field(default_factory=lambda: f"{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    presence: Presence
+    process_id: str
 
     def on_connect(self, room: Room, conn: Connection) -> None:
-        """Hook for presence; a no-op until presence is wired in."""
+        self.presence.connected(room, conn)
 
     def on_disconnect(self, room: Room, conn: Connection) -> None:
-        """Hook for presence; a no-op until presence is wired in."""
+        self.presence.disconnected(room, conn)
 
 
 async def build_context(settings: Settings, database_url: str, redis_url: str) -> AppContext:
@@ -64,16 +68,19 @@ async def build_context(settings: Settings, database_url: str, redis_url: str) -
     store = DocumentStore(pool, settings.version_interval_seconds)
     if settings.auth == "off":
         await store.ensure_local_workspace()
+    process_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    presence = Presence(redis, settings, process_id)
     wal = WriteAhead(pool, settings.commit_window_ms / 1000, settings.write_backlog_bytes)
-    hub = Hub(settings, store, wal)
-    wal._on_committed = hub.on_committed
+    hub = Hub(settings, store, wal, on_awareness=presence.awareness)
+    wal.on_committed = hub.on_committed
     tokens = TokenVerifier(load_secret(settings))
-    return AppContext(settings, pool, redis, store, wal, hub, tokens, AccessResolver(pool))
+    return AppContext(settings, pool, redis, store, wal, hub, tokens, AccessResolver(pool), presence, process_id)
 
 
 async def start_context(ctx: AppContext) -> None:
     ctx.wal.start()
     ctx.hub.start()
+    ctx.presence.start()
     # Rows left by a crash are compacted at start so yjs_state catches up without a client.
     for document_id in await ctx.store.pending_documents():
         with contextlib.suppress(Exception):
@@ -83,6 +90,7 @@ async def start_context(ctx: AppContext) -> None:
 async def stop_context(ctx: AppContext) -> None:
     await ctx.hub.shutdown()
     await ctx.wal.stop(ctx.settings.shutdown_timeout)
+    await ctx.presence.stop()
     with contextlib.suppress(Exception):
         await asyncio.wait_for(ctx.pool.close(), 5)
     with contextlib.suppress(Exception):
@@ -133,5 +141,8 @@ def create_app(settings: Settings, database_url: str, redis_url: str) -> Starlet
         Route("/readyz", readyz),
         Route("/metrics", metrics),
         WebSocketRoute("/ws/{document_id:path}", websocket_endpoint),
+        *api.routes,
     ]
-    return Starlette(routes=routes, lifespan=lifespan)
+    return Starlette(
+        routes=routes, lifespan=lifespan, exception_handlers={HTTPException: api.error_response}
+    )

@@ -81,11 +81,12 @@ class YClient:
     async def wait_synced(self, timeout: float = 10.0) -> None:
         synced = asyncio.ensure_future(self.synced.wait())
         closed = asyncio.ensure_future(self.closed.wait())
-        done, pending = await asyncio.wait({synced, closed}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        _, pending = await asyncio.wait({synced, closed}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         for task in pending:
             task.cancel()
         if not self.synced.is_set():
-            raise ConnectionError(f"not synced: closed={self.closed.is_set()} code={self.close_code} {self.close_reason}")
+            state = f"closed={self.closed.is_set()} code={self.close_code} {self.close_reason}"
+            raise ConnectionError(f"not synced: {state}")
 
     def _send(self, frame: bytes) -> None:
         self._outbox.put_nowait(frame)

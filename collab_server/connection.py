@@ -120,9 +120,8 @@ class Connection:
 
     async def finish(self) -> None:
         """Stop the writer (after the read loop ended)."""
-        if not self.closing:
-            self.closing = True
-            self._wake.set()
+        self.closing = True
+        self._wake.set()
         for task in (self._writer, self._closer):
             if task is None or task.done():
                 continue

@@ -56,7 +56,7 @@ class WriteAhead:
         self._pool = pool
         self._window = window_seconds
         self._limit = backlog_limit_bytes
-        self._on_committed = on_committed
+        self.on_committed = on_committed
         self._pending: list[PendingUpdate] = []
         self._backlog_bytes = 0
         self._appended = 0
@@ -125,12 +125,12 @@ class WriteAhead:
             self._committed += len(batch)
             async with self._progress:
                 self._progress.notify_all()
-            if self._on_committed:
+            if self.on_committed:
                 summary: dict[UUID, tuple[int, int]] = {}
                 for p in batch:
                     count, size = summary.get(p.document_id, (0, 0))
                     summary[p.document_id] = (count + 1, size + len(p.payload))
-                self._on_committed(summary)
+                self.on_committed(summary)
             if self._pending:
                 self._wake.set()
 

@@ -190,7 +190,7 @@ class RunningServer:
 ServerFactory = Callable[..., Awaitable[RunningServer]]
 
 
-def test_settings(tmp_path: Path, **overrides: Any) -> Settings:
+def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
     base: dict[str, Any] = {
         "data_dir": tmp_path / "data",
         "auth": "off",
@@ -202,13 +202,17 @@ def test_settings(tmp_path: Path, **overrides: Any) -> Settings:
     return Settings.from_env({}, **base)
 
 
+test_settings = make_settings  # the name helpers and older tests use
+test_settings.__test__ = False  # type: ignore[attr-defined]
+
+
 @pytest.fixture
 async def make_server(db_url: str, redis_url: str, tmp_path: Path) -> AsyncIterator[ServerFactory]:
     """Start in-process servers (uvicorn on a real socket) sharing this test's database."""
     running: list[RunningServer] = []
 
     async def factory(**overrides: Any) -> RunningServer:
-        settings = test_settings(tmp_path, **overrides)
+        settings = make_settings(tmp_path, **overrides)
         server = await RunningServer(settings, db_url, redis_url).start()
         running.append(server)
         return server
