@@ -52,14 +52,14 @@ async def authorize_document(request: Request, raw_id: str, write: bool = False)
     except ValueError:
         raise ApiError(404, "document not found") from None
     try:
-        claims = ctx.tokens.verify(request_token(request))
+        claims = await ctx.tokens.verify(request_token(request))
     except AuthError as exc:
         raise ApiError(401, str(exc)) from None
     user_id = await ctx.access.user_id(str(claims["sub"]))
     if user_id is None:
         raise ApiError(401, "unknown user")
     access = await ctx.access.document_access(user_id, document_id)
-    if not access.document_exists or access.role is None:
+    if not access.allowed:
         raise ApiError(404, "document not found")
     if write and access.role not in {"owner", "admin", "editor"}:
         raise ApiError(403, "your role may not edit this document")

@@ -27,6 +27,8 @@ from .hub import Hub
 from .metrics import METRICS
 from .migrate import migrate
 from .presence import Presence
+from .ratelimit import AddressLimiter
+from .revocation import RevocationWatcher
 from .room import Room
 from .store import DocumentStore
 from .transport import websocket_endpoint
@@ -49,6 +51,8 @@ class AppContext:
     access: AccessResolver
     presence: Presence
     process_id: str
+    address_limiter: AddressLimiter
+    revocation: RevocationWatcher | None = None
 
     def on_connect(self, room: Room, conn: Connection) -> None:
         self.presence.connected(room, conn)
@@ -73,14 +77,26 @@ async def build_context(settings: Settings, database_url: str, redis_url: str) -
     wal = WriteAhead(pool, settings.commit_window_ms / 1000, settings.write_backlog_bytes)
     hub = Hub(settings, store, wal, on_awareness=presence.awareness)
     wal.on_committed = hub.on_committed
-    tokens = TokenVerifier(load_secret(settings))
-    return AppContext(settings, pool, redis, store, wal, hub, tokens, AccessResolver(pool), presence, process_id)
+    tokens = TokenVerifier(
+        load_secret(settings), settings.jwt_issuer, settings.jwt_audience,
+        jwks_url=settings.jwks_url, jwks_cooldown=settings.jwks_cooldown_seconds,
+    )
+    access = AccessResolver(pool)
+    ctx = AppContext(
+        settings, pool, redis, store, wal, hub, tokens, access, presence, process_id,
+        AddressLimiter(settings.rate_connections_per_minute),
+    )
+    if settings.auth == "on":
+        ctx.revocation = RevocationWatcher(database_url, hub, access)
+    return ctx
 
 
 async def start_context(ctx: AppContext) -> None:
     ctx.wal.start()
     ctx.hub.start()
     ctx.presence.start()
+    if ctx.revocation is not None:
+        ctx.revocation.start()
     # Rows left by a crash are compacted at start so yjs_state catches up without a client.
     for document_id in await ctx.store.pending_documents():
         with contextlib.suppress(Exception):
@@ -88,6 +104,8 @@ async def start_context(ctx: AppContext) -> None:
 
 
 async def stop_context(ctx: AppContext) -> None:
+    if ctx.revocation is not None:
+        await ctx.revocation.stop()
     await ctx.hub.shutdown()
     await ctx.wal.stop(ctx.settings.shutdown_timeout)
     await ctx.presence.stop()

@@ -42,6 +42,13 @@ def _parse_positive_int(raw: str) -> int:
     return value
 
 
+def _parse_non_negative_int(raw: str) -> int:
+    value = int(raw)
+    if value < 0:
+        raise ValueError("expected a whole number, 0 or more")
+    return value
+
+
 def _parse_non_negative_float(raw: str) -> float:
     value = float(raw)
     if value < 0 or value != value:
@@ -122,6 +129,20 @@ class Settings:
     max_awareness_bytes: int = field(
         default=64 * 1024, metadata=_env("COLLAB_MAX_AWARENESS_BYTES", _parse_positive_int)
     )
+
+    # Abuse limits (0 disables).
+    rate_messages_per_second: float = field(
+        default=2000.0, metadata=_env("COLLAB_RATE_MESSAGES_PER_SECOND", _parse_non_negative_float)
+    )
+    rate_connections_per_minute: int = field(
+        default=600, metadata=_env("COLLAB_RATE_CONNECTIONS_PER_MINUTE", _parse_non_negative_int)
+    )
+    jwks_url: str | None = field(default=None, metadata=_env("COLLAB_JWKS_URL"))
+    jwks_cooldown_seconds: float = field(
+        default=30.0, metadata=_env("COLLAB_JWKS_COOLDOWN_SECONDS", _parse_non_negative_float)
+    )
+    jwt_issuer: str | None = field(default=None, metadata=_env("COLLAB_JWT_ISSUER"))
+    jwt_audience: str | None = field(default=None, metadata=_env("COLLAB_JWT_AUDIENCE"))
 
     # Durability.
     commit_window_ms: float = field(

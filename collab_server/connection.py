@@ -17,6 +17,7 @@ from uuid import UUID
 
 from .metrics import METRICS
 from .protocol import CloseCode
+from .ratelimit import TokenBucket
 
 log = logging.getLogger("collab.connection")
 
@@ -62,6 +63,7 @@ class Connection:
     bytes_out: int = 0
     messages_in: int = 0
     last_activity: float = field(default_factory=time.time)
+    bucket: TokenBucket | None = None
 
     def start(self) -> None:
         self._writer = asyncio.create_task(self._drain(), name=f"writer-{self.id}")

@@ -22,6 +22,7 @@ from .connection import ClientInfo, Connection
 from .hub import RoomUnavailable
 from .metrics import METRICS
 from .protocol import CloseCode, Kind, ProtocolError, decode
+from .ratelimit import TokenBucket
 from .room import Room
 from .store import LOCAL_USER_ID
 
@@ -73,6 +74,9 @@ async def websocket_endpoint(ws: WebSocket) -> None:
     ctx: AppContext = ws.app.state.ctx
     settings = ctx.settings
     name = ws.path_params["document_id"]
+    if not ctx.address_limiter.allow(ws.client.host if ws.client else None):
+        await _deny(ws, 429, "too_many_requests", "too many connections from this address; slow down")
+        return
 
     if settings.auth == "off":
         try:
@@ -90,7 +94,7 @@ async def websocket_endpoint(ws: WebSocket) -> None:
             await ws.close(CloseCode.BAD_REQUEST, "document id must be a UUID")
             return
         try:
-            claims = ctx.tokens.verify(bearer_token(ws))
+            claims = await ctx.tokens.verify(bearer_token(ws))
             user_id = await ctx.access.user_id(str(claims["sub"]))
             if user_id is None:
                 raise AuthError("unknown user")
@@ -98,16 +102,19 @@ async def websocket_endpoint(ws: WebSocket) -> None:
             await _deny(ws, 401, "unauthorized", str(exc))
             return
         access = await ctx.access.document_access(user_id, document_id)
-        if not access.document_exists:
-            await _deny(ws, 404, "not_found", "document not found")
-            return
-        if access.role is None:
+        if not access.visible or access.role is None:  # never say whether it exists
             await _deny(ws, 403, "forbidden", "no access to this document")
+            return
+        if access.gone:
+            await _deny(ws, 404, "not_found", "document was deleted")
             return
         info = client_info(ws, user_id, access.role)
 
     await ws.accept()
     conn = Connection(uuid.uuid4().hex, info, settings.send_queue_bytes, ws.send_bytes, ws.close)
+    if settings.rate_messages_per_second > 0:
+        rate = settings.rate_messages_per_second
+        conn.bucket = TokenBucket(rate, rate * 2)
     try:
         room = await ctx.hub.join(document_id, conn)
     except RoomUnavailable as exc:
@@ -160,6 +167,10 @@ async def _pump(ws: WebSocket, room: Room, conn: Connection, max_awareness: int)
         if data is None:
             METRICS.inc_label("collab_rejected_frames_total", "reason", "text frame")
             conn.close(CloseCode.UNSUPPORTED_DATA, "text frames are not supported; send binary y-protocols")
+            return
+        if conn.bucket is not None and not conn.bucket.take():
+            METRICS.inc_label("collab_rejected_frames_total", "reason", "message rate limit")
+            conn.close(CloseCode.TOO_MANY_REQUESTS, "message rate limit exceeded")
             return
         conn.bytes_in += len(data)
         conn.messages_in += 1
