@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 from uuid import UUID
 
@@ -126,6 +127,16 @@ class Hub:
             # A result nobody awaited must not warn "exception never retrieved".
             if result.exception() is not None:
                 result.exception()
+
+    @contextlib.asynccontextmanager
+    async def use_room(self, document_id: UUID) -> AsyncIterator[Room]:
+        """A room for work without a connection (HTTP API): unloaded later if nobody joined."""
+        room = await self.open_room(document_id)
+        try:
+            yield room
+        finally:
+            if not room.connections and self.rooms.get(room.id) is room and room.id not in self._grace:
+                self._schedule_unload(room)
 
     def leave(self, room: Room, conn: Connection) -> None:
         self.connections -= 1

@@ -17,7 +17,7 @@ from uuid import UUID
 from pycrdt import Doc, TransactionEvent
 
 from .awareness import RoomAwareness
-from .connection import Connection
+from .connection import ClientInfo, Connection
 from .metrics import METRICS
 from .protocol import (
     CloseCode,
@@ -58,6 +58,7 @@ class Room:
         self._wal = wal
         self._on_awareness = on_awareness
         self._origin: Connection | None = None
+        self._actor: ClientInfo | None = None
         self._subscription = self.doc.observe(self._on_doc_update)
         # Write-ahead bookkeeping, read by the hub's compaction policy.
         self.edits_since_version = False
@@ -129,9 +130,11 @@ class Room:
             )
         self.apply_update(update, conn)
 
-    def apply_update(self, update: bytes, origin: Connection | None) -> None:
-        """Apply an update (from a client or the HTTP API); raise ProtocolError if invalid."""
+    def apply_update(self, update: bytes, origin: Connection | None, actor: ClientInfo | None = None) -> None:
+        """Apply an update (from a client or the HTTP API); raise ProtocolError if invalid.
+        `actor` names who made it when there is no connection (HTTP), for the write-ahead."""
         self._origin = origin
+        self._actor = actor if actor is not None else (origin.info if origin is not None else None)
         try:
             self.doc.apply_update(update)
         except ValueError:
@@ -143,6 +146,7 @@ class Room:
             raise ProtocolError(CloseCode.INVALID_PAYLOAD, "invalid Yjs update") from None
         finally:
             self._origin = None
+            self._actor = None
 
     def _on_doc_update(self, event: TransactionEvent) -> None:
         update = event.update
@@ -152,7 +156,7 @@ class Room:
         if self._wal is not None:
             from .wal import PendingUpdate
 
-            info = origin.info if origin is not None else None
+            info = self._actor
             accepted = self._wal.append(
                 PendingUpdate(
                     self.id,
