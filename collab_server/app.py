@@ -21,6 +21,7 @@ from starlette.routing import Route, WebSocketRoute
 
 from . import api, db
 from .auth import AccessResolver, TokenVerifier, load_secret
+from .bus import Bus
 from .config import Settings
 from .connection import Connection
 from .hub import Hub
@@ -53,6 +54,7 @@ class AppContext:
     process_id: str
     address_limiter: AddressLimiter
     revocation: RevocationWatcher | None = None
+    bus: Bus | None = None
 
     def on_connect(self, room: Room, conn: Connection) -> None:
         self.presence.connected(room, conn)
@@ -88,6 +90,8 @@ async def build_context(settings: Settings, database_url: str, redis_url: str) -
     )
     if settings.auth == "on":
         ctx.revocation = RevocationWatcher(database_url, hub, access)
+    if settings.bus == "on":
+        ctx.bus = hub.bus = Bus(redis_url, process_id, hub.rooms, hub.repair, replay_ms=settings.bus_replay_ms)
     return ctx
 
 
@@ -95,6 +99,8 @@ async def start_context(ctx: AppContext) -> None:
     ctx.wal.start()
     ctx.hub.start()
     ctx.presence.start()
+    if ctx.bus is not None:
+        ctx.bus.start()
     if ctx.revocation is not None:
         ctx.revocation.start()
     # Rows left by a crash are compacted at start so yjs_state catches up without a client.
@@ -109,6 +115,8 @@ async def stop_context(ctx: AppContext) -> None:
     await ctx.hub.shutdown()
     await ctx.wal.stop(ctx.settings.shutdown_timeout)
     await ctx.presence.stop()
+    if ctx.bus is not None:
+        await ctx.bus.stop()
     with contextlib.suppress(Exception):
         await asyncio.wait_for(ctx.pool.close(), 5)
     with contextlib.suppress(Exception):

@@ -130,6 +130,10 @@ class Settings:
         default=64 * 1024, metadata=_env("COLLAB_MAX_AWARENESS_BYTES", _parse_positive_int)
     )
 
+    # Scale-out: relay between processes through Redis Streams ("off" for a lone process).
+    bus: str = field(default="on", metadata=_env("COLLAB_BUS", _parse_auth))
+    bus_replay_ms: int = field(default=2000, metadata=_env("COLLAB_BUS_REPLAY_MS", _parse_non_negative_int))
+
     # Abuse limits (0 disables).
     rate_messages_per_second: float = field(
         default=2000.0, metadata=_env("COLLAB_RATE_MESSAGES_PER_SECOND", _parse_non_negative_float)

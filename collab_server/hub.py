@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 from uuid import UUID
 
+from .bus import Bus
 from .config import Settings
 from .connection import Connection
 from .metrics import METRICS
@@ -44,6 +45,7 @@ class Hub:
         wal: WriteAhead,
         on_awareness: AwarenessListener | None = None,
     ) -> None:
+        self.bus: Bus | None = None  # set when cross-process relay is on
         self.settings = settings
         self.store = store
         self.wal = wal
@@ -104,10 +106,12 @@ class Hub:
             unloading = self._unloading.get(document_id)
             if unloading is not None:
                 await asyncio.shield(unloading)
+            if self.bus is not None:
+                self.bus.subscribe(document_id)  # before loading: see bus.py on the loading race
             loaded = await self.store.load(document_id)
             if loaded is None:
                 raise RoomUnavailable(CloseCode.NOT_FOUND, "document not found")
-            room = Room(document_id, loaded.workspace_id, loaded.type, self.wal, self.on_awareness)
+            room = Room(document_id, loaded.workspace_id, loaded.type, self.wal, self.on_awareness, self.bus)
             room.load_state(loaded.state)
             if loaded.pending:
                 room.pending_updates = loaded.pending
@@ -122,6 +126,8 @@ class Hub:
             result.set_exception(RoomUnavailable(CloseCode.TRY_AGAIN_LATER, "document could not be loaded"))
         finally:
             self._loading.pop(document_id, None)
+            if self.bus is not None and document_id not in self.rooms:
+                self.bus.unsubscribe(document_id)
             if not result.done():  # cancelled
                 result.set_exception(RoomUnavailable(CloseCode.TRY_AGAIN_LATER, "loading interrupted"))
             # A result nobody awaited must not warn "exception never retrieved".
@@ -159,6 +165,8 @@ class Hub:
         if room.connections or self.rooms.get(room.id) is not room:
             return
         del self.rooms[room.id]
+        if self.bus is not None:
+            self.bus.unsubscribe(room.id)
         task = asyncio.create_task(self._unload(room), name=f"unload-{room.id}")
         self._unloading[room.id] = task
 
@@ -179,6 +187,27 @@ class Hub:
         except Exception as exc:
             METRICS.inc("collab_compaction_failures_total")
             log.warning("compacting %s failed (will retry): %s", room.id, exc)
+
+    def repair(self, room: Room) -> None:
+        """Catch a room up from PostgreSQL after the bus may have lost entries; twice, the
+        second time after other processes' write-ahead windows have surely committed."""
+
+        async def run() -> None:
+            for delay in (0.0, 2.0):
+                await asyncio.sleep(delay)
+                if self.rooms.get(room.id) is not room:
+                    return
+                try:
+                    loaded = await self.store.load(room.id)
+                except Exception as exc:
+                    log.warning("repairing %s failed: %s", room.id, exc)
+                    continue
+                if loaded is not None:
+                    room.apply_remote(loaded.state)
+
+        task = asyncio.create_task(run(), name=f"repair-{room.id}")
+        self._compactions.add(task)
+        task.add_done_callback(self._compactions.discard)
 
     # -- compaction policy ---------------------------------------------------------------
 

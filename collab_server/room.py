@@ -17,6 +17,7 @@ from uuid import UUID
 from pycrdt import Doc, TransactionEvent
 
 from .awareness import RoomAwareness
+from .bus import KIND_AWARENESS, KIND_UPDATE, Bus, RemotePeer
 from .connection import ClientInfo, Connection
 from .metrics import METRICS
 from .protocol import (
@@ -48,6 +49,7 @@ class Room:
         doc_type: str = "markdown",
         wal: WriteAhead | None = None,
         on_awareness: AwarenessListener | None = None,
+        bus: Bus | None = None,
     ) -> None:
         self.id = document_id
         self.workspace_id = workspace_id
@@ -56,6 +58,8 @@ class Room:
         self.awareness = RoomAwareness()
         self.connections: set[Connection] = set()
         self._wal = wal
+        self._bus = bus
+        self._remote = False  # applying an update another process relayed and stored
         self._on_awareness = on_awareness
         self._origin: Connection | None = None
         self._actor: ClientInfo | None = None
@@ -94,9 +98,16 @@ class Room:
 
     def remove(self, conn: Connection) -> None:
         self.connections.discard(conn)
-        removal = self.awareness.remove_owner(conn)
-        if removal is not None:
-            self.broadcast(encode_awareness(removal), exclude=conn)
+        self.drop_owner(conn)
+
+    def drop_owner(self, owner: object) -> None:
+        """Remove every awareness state `owner` (a connection or a dead process) announced."""
+        removal = self.awareness.remove_owner(owner)
+        if removal is None:
+            return
+        self.broadcast(encode_awareness(removal), exclude=owner if isinstance(owner, Connection) else None)
+        if self._bus is not None and isinstance(owner, Connection):
+            self._bus.publish(self.id, KIND_AWARENESS, removal)
 
     # -- messages ------------------------------------------------------------------------
 
@@ -148,11 +159,29 @@ class Room:
             self._origin = None
             self._actor = None
 
+    def apply_remote(self, update: bytes) -> None:
+        """Apply what another process (or the store, in a repair) already wrote ahead:
+        relay the part that is new here to local clients, but do not store or publish it."""
+        self._remote = True
+        try:
+            self.doc.apply_update(update)
+        finally:
+            self._remote = False
+
+    def apply_remote_awareness(self, payload: bytes, peer: object) -> None:
+        change = self.awareness.apply(payload, peer, may_take_over=lambda _other: True)
+        if change.relay is not None:
+            self.broadcast(encode_awareness(change.relay))
+
     def _on_doc_update(self, event: TransactionEvent) -> None:
         update = event.update
         origin = self._origin
         self.broadcast(encode_update(update), exclude=origin)
+        if self._remote:
+            return
         self.edits_since_version = True
+        if self._bus is not None:
+            self._bus.publish(self.id, KIND_UPDATE, update)
         if self._wal is not None:
             from .wal import PendingUpdate
 
@@ -172,7 +201,12 @@ class Room:
 
     def _handle_awareness(self, conn: Connection, payload: bytes) -> None:
         change = self.awareness.apply(
-            payload, conn, may_take_over=lambda other: other.info.user_id == conn.info.user_id  # type: ignore[attr-defined]
+            payload,
+            conn,
+            # A reconnecting client may reclaim its client ID from its own dead connection,
+            # or from another process it was connected to a moment ago.
+            may_take_over=lambda other: isinstance(other, RemotePeer)
+            or other.info.user_id == conn.info.user_id,  # type: ignore[attr-defined]
         )
         if change.dropped:
             METRICS.inc("collab_awareness_dropped_total", change.dropped)
@@ -180,6 +214,8 @@ class Room:
             # Echoed to the sender too: y-websocket clients reconnect after 30 s without
             # receiving anything, and a client alone in a room only hears its own echo.
             self.broadcast(encode_awareness(change.relay))
+            if self._bus is not None:
+                    self._bus.publish(self.id, KIND_AWARENESS, change.relay)
         if change.states and self._on_awareness is not None:
             self._on_awareness(self, conn, change.states)
 

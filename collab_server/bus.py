@@ -1,0 +1,238 @@
+"""Cross-process relay over Redis Streams, one stream per open document.
+
+Why streams and not pub/sub: a stream keeps entries, so a reader whose connection
+dropped resumes from the last ID it saw instead of silently missing what was published
+meanwhile (pub/sub drops it, Hocuspocus #800). What Redis itself loses (a restart
+without persistence, an XADD that failed while it was down) is repaired from PostgreSQL:
+every process writes every update ahead there, so after any bus disruption each room
+reloads its document from the store and applies it (CRDT updates are idempotent).
+
+Loading race: a room subscribes from a point a little in the past (`replay_ms`) before
+it loads from PostgreSQL, so an update published just before the load but not yet
+committed by its writer is still delivered through the stream.
+
+Awareness states learned from another process are owned by a `RemotePeer`; each process
+refreshes a short-lived liveness key, and when a peer's key expires its clients' states
+are removed from every local room (a killed process cannot say goodbye).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+from uuid import UUID
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from .connection import ClientInfo
+from .metrics import METRICS
+
+if TYPE_CHECKING:
+    from .room import Room
+
+log = logging.getLogger("collab.bus")
+
+PREFIX = "collab:bus:"
+KIND_UPDATE = b"u"
+KIND_AWARENESS = b"a"
+
+
+def stream_key(document_id: UUID) -> str:
+    return f"{PREFIX}doc:{document_id}"
+
+
+def alive_key(process_id: str) -> str:
+    return f"{PREFIX}alive:{process_id}"
+
+
+@dataclass(eq=False)
+class RemotePeer:
+    """Stands for another process as the owner of the awareness states it relayed to us."""
+
+    process_id: str
+    info: ClientInfo = field(default_factory=ClientInfo)
+
+
+class Bus:
+    def __init__(
+        self,
+        redis_url: str,
+        process_id: str,
+        rooms: dict[UUID, Room],
+        repair: Callable[[Room], None],
+        replay_ms: int = 2000,
+        retention_ms: int = 60_000,
+        alive_ms: int = 3000,
+    ) -> None:
+        self.process_id = process_id
+        self._pid = process_id.encode()
+        self._rooms = rooms
+        self._repair = repair
+        self.replay_ms = replay_ms
+        self.retention_ms = retention_ms
+        self.alive_ms = alive_ms
+        # The reader blocks in XREAD: it gets a connection of its own.
+        self._reader_redis = aioredis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=None)
+        self._writer_redis = aioredis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=2)
+        self._positions: dict[UUID, bytes | str] = {}
+        self._outbox: list[tuple[UUID, bytes, bytes]] = []
+        self._wake = asyncio.Event()
+        self._peers: dict[str, RemotePeer] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self.healthy = True
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._read_loop(), name="bus-reader"),
+            asyncio.create_task(self._write_loop(), name="bus-writer"),
+            asyncio.create_task(self._liveness_loop(), name="bus-liveness"),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._flush(), 2)
+        with contextlib.suppress(Exception):
+            await self._writer_redis.delete(alive_key(self.process_id))
+        for client in (self._reader_redis, self._writer_redis):
+            with contextlib.suppress(Exception):
+                await client.aclose()
+
+    # -- subscriptions -----------------------------------------------------------------------
+
+    def subscribe(self, document_id: UUID) -> None:
+        """Call before loading the room from the store (see the module docstring)."""
+        start = int(time.time() * 1000) - self.replay_ms
+        self._positions[document_id] = f"{max(start, 0)}-0"
+
+    def unsubscribe(self, document_id: UUID) -> None:
+        self._positions.pop(document_id, None)
+
+    # -- publishing --------------------------------------------------------------------------
+
+    def publish(self, document_id: UUID, kind: bytes, payload: bytes) -> None:
+        self._outbox.append((document_id, kind, payload))
+        if len(self._outbox) == 1:
+            self._wake.set()
+
+    async def _write_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            await asyncio.sleep(0)  # let the rest of this loop turn add to the batch
+            try:
+                await self._flush()
+            except (RedisError, OSError) as exc:
+                self._outbox.clear()  # PostgreSQL has them; the repair after reconnect delivers them
+                self._set_unhealthy(exc)
+                await asyncio.sleep(0.2)
+
+    async def _flush(self) -> None:
+        if not self._outbox:
+            return
+        batch, self._outbox = self._outbox, []
+        minid = int(time.time() * 1000) - self.retention_ms
+        pipe = self._writer_redis.pipeline(transaction=False)
+        for document_id, kind, payload in batch:
+            pipe.xadd(stream_key(document_id), {"p": self._pid, "k": kind, "d": payload},
+                      minid=minid, approximate=True)
+        await pipe.execute()
+        METRICS.inc("collab_bus_published_total", len(batch))
+
+    # -- reading -----------------------------------------------------------------------------
+
+    async def _read_loop(self) -> None:
+        delay = 0.1
+        while True:
+            if not self._positions:
+                await asyncio.sleep(0.05)
+                continue
+            streams = {stream_key(doc): pos for doc, pos in self._positions.items()}
+            try:
+                replies = await self._reader_redis.xread(streams, count=1000, block=100)
+            except (RedisError, OSError) as exc:
+                self._set_unhealthy(exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            delay = 0.1
+            if not self.healthy:
+                self._recovered()
+            for key, entries in replies or ():
+                name = key.decode() if isinstance(key, bytes) else key
+                document_id = UUID(name.rsplit(":", 1)[1])
+                if document_id not in self._positions:
+                    continue
+                self._positions[document_id] = entries[-1][0]
+                room = self._rooms.get(document_id)
+                if room is None:
+                    continue
+                for _entry_id, data in entries:
+                    self._deliver(room, data)
+
+    def _deliver(self, room: Room, data: dict[bytes, bytes]) -> None:
+        sender = data.get(b"p")
+        if sender == self._pid or sender is None:
+            return
+        METRICS.inc("collab_bus_received_total")
+        kind, payload = data.get(b"k"), data.get(b"d", b"")
+        try:
+            if kind == KIND_UPDATE:
+                room.apply_remote(payload)
+            elif kind == KIND_AWARENESS:
+                room.apply_remote_awareness(payload, self.peer(sender.decode()))
+        except Exception as exc:  # never let one bad entry stop the relay
+            log.warning("dropping a bus entry for %s: %s", room.id, exc)
+
+    def peer(self, process_id: str) -> RemotePeer:
+        peer = self._peers.get(process_id)
+        if peer is None:
+            peer = self._peers[process_id] = RemotePeer(process_id)
+        return peer
+
+    # -- health ------------------------------------------------------------------------------
+
+    def _set_unhealthy(self, exc: BaseException) -> None:
+        if self.healthy:
+            log.warning("cross-process bus unavailable (Redis): %s; rooms will be repaired", exc)
+        self.healthy = False
+
+    def _recovered(self) -> None:
+        log.info("cross-process bus back: repairing %d rooms from PostgreSQL", len(self._rooms))
+        self.healthy = True
+        for room in list(self._rooms.values()):
+            self._repair(room)
+
+    async def _liveness_loop(self) -> None:
+        """Refresh our liveness key; drop the awareness of peers whose key expired."""
+        interval = self.alive_ms / 3000
+        while True:
+            try:
+                pipe = self._writer_redis.pipeline(transaction=False)
+                pipe.set(alive_key(self.process_id), b"1", px=self.alive_ms)
+                peers = list(self._peers.values())
+                for peer in peers:
+                    pipe.exists(alive_key(peer.process_id))
+                results = await pipe.execute()
+                for peer, alive in zip(peers, results[1:], strict=True):
+                    if not alive:
+                        self._forget(peer)
+            except (RedisError, OSError) as exc:
+                self._set_unhealthy(exc)
+            await asyncio.sleep(interval)
+
+    def _forget(self, peer: RemotePeer) -> None:
+        log.info("process %s is gone: removing its clients' awareness", peer.process_id)
+        self._peers.pop(peer.process_id, None)
+        for room in list(self._rooms.values()):
+            room.drop_owner(peer)
