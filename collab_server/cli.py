@@ -66,9 +66,11 @@ def main() -> None:
 @click.option("--host", default=None, help="Address to listen on (COLLAB_HOST, default 127.0.0.1).")
 @click.option("--port", type=int, default=None, help="Port to listen on (COLLAB_PORT, default 8080).")
 @click.option("--demo/--no-demo", default=False, help="Create the demo data and print how to connect.")
-def serve(host: str | None, port: int | None, demo: bool) -> None:
+@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Worker processes on one port, sharing documents through Redis.")
+def serve(host: str | None, port: int | None, demo: bool, workers: int) -> None:
     """Start the server (migrating the database first)."""
-    from .server import bind
+    from .server import bind, serve_workers
     from .server import serve as run_server
     from .services import start_services
 
@@ -84,7 +86,14 @@ def serve(host: str | None, port: int | None, demo: bool) -> None:
             _print_demo(info, settings, as_json=False)
         _guard(lambda: _run(lambda: _check_database(services.database_url)))
         click.echo(f"collab-server: listening on http://{settings.host}:{settings.port}", err=True)
-        run_server(settings, services.database_url, services.redis_url, sock)
+        if workers > 1:
+            if settings.bus != "on":
+                _fail("--workers needs COLLAB_BUS=on: workers share documents through Redis")
+            code = serve_workers(settings, services.database_url, services.redis_url, sock, workers)
+            if code:
+                sys.exit(code)
+        else:
+            run_server(settings, services.database_url, services.redis_url, sock)
     finally:
         services.stop()
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import errno
+import multiprocessing
+import os
+import signal
 import socket
 from types import FrameType
 
@@ -77,3 +80,26 @@ def serve(settings: Settings, database_url: str, redis_url: str, sock: socket.so
     app = create_app(settings, database_url, redis_url)
     server = CollabServer(uvicorn_config(app, settings))
     server.run(sockets=[sock])
+
+
+def serve_workers(settings: Settings, database_url: str, redis_url: str, sock: socket.socket, workers: int) -> int:
+    """N worker processes accepting on one socket; they share documents through the Redis bus.
+    Signals are forwarded so every worker drains (closes with 1001, flushes) before we exit."""
+    ctx = multiprocessing.get_context("fork")
+    procs = [
+        ctx.Process(target=serve, args=(settings, database_url, redis_url, sock), name=f"collab-worker-{i}")
+        for i in range(workers)
+    ]
+    for proc in procs:
+        proc.start()
+
+    def forward(sig: int, _frame: FrameType | None) -> None:
+        for proc in procs:
+            if proc.pid and proc.is_alive():
+                os.kill(proc.pid, sig)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, forward)
+    for proc in procs:
+        proc.join()
+    return max((proc.exitcode or 0) for proc in procs)

@@ -4,6 +4,7 @@ a fresh database per test cloned from a migrated template, and servers on real s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import socket
@@ -265,8 +266,15 @@ class ServerProcess:
         raise TimeoutError(f"server not ready: {self.log_path.read_text()[-2000:]}")
 
     def kill(self) -> None:
+        """SIGKILL the server and any worker processes it forked."""
         if self.proc and self.proc.poll() is None:
+            import psutil
+
+            children = psutil.Process(self.proc.pid).children(recursive=True)
             self.proc.kill()
+            for child in children:
+                with contextlib.suppress(psutil.Error):
+                    child.kill()
             self.proc.wait(10)
 
     def terminate(self, timeout: float = 60) -> int:
@@ -279,7 +287,7 @@ class ServerProcess:
 def spawn_server(db_url: str, redis_url: str, tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
     procs: list[ServerProcess] = []
 
-    def factory(port: int | None = None, **env: str) -> ServerProcess:
+    def factory(port: int | None = None, args: tuple[str, ...] = (), **env: str) -> ServerProcess:
         full_env = {
             **os.environ,
             "DATABASE_URL": db_url,
@@ -291,7 +299,10 @@ def spawn_server(db_url: str, redis_url: str, tmp_path: Path) -> Iterator[Callab
             "COLLAB_LOG_LEVEL": "warning",
             **env,
         }
-        proc = ServerProcess(full_env, int(full_env["COLLAB_PORT"]), log_path=tmp_path / f"server-{len(procs)}.log")
+        proc = ServerProcess(
+            full_env, int(full_env["COLLAB_PORT"]), log_path=tmp_path / f"server-{len(procs)}.log",
+            extra_args=list(args),
+        )
         procs.append(proc)
         return proc.start()
 

@@ -116,3 +116,28 @@ async def test_redis_restart_mid_session_recovers_without_client_action(db_url: 
         for server in servers:
             await server.stop()
         private.stop()
+
+
+async def test_serve_with_two_workers_shares_documents(spawn_server, server) -> None:
+    import psutil
+
+    served = spawn_server(args=("--workers", "2"))
+    assert served.proc is not None and len(psutil.Process(served.proc.pid).children()) == 2
+    clients: list[YClient] = []
+    # The kernel decides which worker accepts; connect until both hold clients of the room.
+    for _ in range(40):
+        clients.append(await YClient(f"{served.ws_base}/workers").connect())
+        await asyncio.sleep(0.05)
+        people = (await server.get("/api/documents/workers/presence")).json()["presence"]
+        if len({p["process_id"] for p in people}) == 2 and len(clients) >= 4:
+            break
+    assert len({p["process_id"] for p in people}) == 2
+    for i, c in enumerate(clients):
+        c.doc.get("content", type=Text).insert(0, f"<{i}>")
+    expected = sum(len(f"<{i}>") for i in range(len(clients)))
+    for c in clients:
+        await c.wait_for(lambda c=c: len(text(c)) == expected, timeout=5)
+    assert served.terminate() == 0
+    for c in clients:
+        await c.wait_closed(3)
+        assert c.close_code == 1001
