@@ -125,7 +125,22 @@ class DocumentStore:
                 or (time.time() - doc["last_version_at"].timestamp()) >= self.version_interval
             )
             if not rows:
-                return None
+                if not snapshot or doc["yjs_state"] is None:
+                    return None
+                # Edits since the last version were already compacted: snapshot what is stored,
+                # unless the newest version already holds exactly this content.
+                latest = await conn.fetchval(
+                    "SELECT content_hash FROM document_versions WHERE document_id = $1 "
+                    "ORDER BY version_number DESC LIMIT 1",
+                    document_id,
+                )
+                stored = ydoc.Compacted(doc["yjs_state"], doc["content"])
+                if latest == ydoc.content_hash(stored.content):
+                    return None
+                number = await self._insert_version(
+                    conn, document_id, doc, stored, {"updates": 0}, doc["updated_by"] or doc["created_by"]
+                )
+                return CompactionResult(0, 0, doc["yjs_clock"], stored.content, number)
             payloads = [r["payload"] for r in rows]
             merged = await asyncio.to_thread(
                 ydoc.compact, doc["yjs_state"], payloads, doc["type"] == "mindmap"

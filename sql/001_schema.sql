@@ -83,7 +83,7 @@ RETURNS text
 LANGUAGE sql
 IMMUTABLE STRICT PARALLEL SAFE
 AS $$
-    SELECT encode(sha256(convert_to(p_text, 'UTF8')), 'hex')
+    SELECT pg_catalog.encode(pg_catalog.sha256(pg_catalog.convert_to(p_text, 'UTF8')), 'hex')
 $$;
 
 -- Reads a transaction-local setting holding a uuid.  Unset, empty (a custom
@@ -1274,6 +1274,7 @@ CREATE OR REPLACE FUNCTION app_user_workspace_ids(p_roles workspace_role[] DEFAU
 RETURNS SETOF uuid
 LANGUAGE sql
 STABLE
+ROWS 10
 SECURITY DEFINER
 SET search_path = public, pg_temp
 AS $$

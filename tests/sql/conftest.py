@@ -7,6 +7,7 @@ factories to create rows and a fixture that creates throw-away LOGIN roles.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -77,13 +78,22 @@ class Factory:
         return await self._insert("attachments", values)
 
     async def _insert(self, table: str, values: dict, returning: str | None = "id"):
-        cols = ", ".join(values)
-        params = ", ".join(f"${i}" for i in range(1, len(values) + 1))
-        sql = f"INSERT INTO {table} ({cols}) VALUES ({params})"
+        # dict/list values are jsonb: sent as text so that this works with and without a json codec.
+        args = [json.dumps(v) if isinstance(v, dict | list) else v for v in values.values()]
+        params = ", ".join(
+            f"${i}::text::jsonb" if isinstance(v, dict | list) else f"${i}"
+            for i, v in enumerate(values.values(), start=1)
+        )
+        sql = f"INSERT INTO {table} ({', '.join(values)}) VALUES ({params})"
         if returning:
-            return await self.db.fetchval(sql + f" RETURNING {returning}", *values.values())
-        await self.db.execute(sql, *values.values())
+            return await self.db.fetchval(sql + f" RETURNING {returning}", *args)
+        await self.db.execute(sql, *args)
         return None
+
+
+def as_json(value):
+    """A json/jsonb value as Python data, whether or not the connection has a json codec."""
+    return json.loads(value) if isinstance(value, str) else value
 
 
 @pytest.fixture
