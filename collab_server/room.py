@@ -8,13 +8,14 @@ object is shared by every receiver, and handed once to the write-ahead.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
-from pycrdt import Doc, TransactionEvent
+from pycrdt import Doc, TransactionEvent, merge_updates
 
 from .awareness import RoomAwareness
 from .bus import KIND_AWARENESS, KIND_UPDATE, Bus, RemotePeer
@@ -31,6 +32,7 @@ from .protocol import (
     encode_sync_step2,
     encode_update,
 )
+from .wal import PendingUpdate
 
 if TYPE_CHECKING:
     from .wal import WriteAhead
@@ -60,6 +62,7 @@ class Room:
         self._wal = wal
         self._bus = bus
         self._remote = False  # applying an update another process relayed and stored
+        self._pending: list[tuple[bytes, Connection | None, ClientInfo | None, bool]] = []
         self._on_awareness = on_awareness
         self._origin: Connection | None = None
         self._actor: ClientInfo | None = None
@@ -174,22 +177,42 @@ class Room:
             self.broadcast(encode_awareness(change.relay))
 
     def _on_doc_update(self, event: TransactionEvent) -> None:
-        update = event.update
-        origin = self._origin
-        self.broadcast(encode_update(update), exclude=origin)
-        if self._remote:
+        # Collected, not sent: everything applied in this loop turn leaves as one message.
+        if not self._pending:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._pending.append((event.update, self._origin, None if self._remote else self._actor, self._remote))
+
+    def _flush(self) -> None:
+        """Send this turn's updates: merged once into one frame shared by every receiver,
+        one write-ahead row per author, one bus entry. The sender is excluded when it is the
+        only origin; otherwise everyone gets the merged frame (Yjs ignores what it has)."""
+        pending, self._pending = self._pending, []
+        if not pending:
+            return
+        updates = [p[0] for p in pending]
+        merged = updates[0] if len(updates) == 1 else merge_updates(*updates)
+        origins = {id(p[1]) for p in pending}
+        only = pending[0][1] if len(origins) == 1 else None
+        self.broadcast(encode_update(merged), exclude=only)
+        local = [p for p in pending if not p[3]]
+        if not local:
             return
         self.edits_since_version = True
         if self._bus is not None:
-            self._bus.publish(self.id, KIND_UPDATE, update)
-        if self._wal is not None:
-            from .wal import PendingUpdate
-
-            info = self._actor
+            own = merged if len(local) == len(pending) else merge_updates(*(p[0] for p in local))
+            self._bus.publish(self.id, KIND_UPDATE, own)
+        if self._wal is None:
+            return
+        by_actor: dict[int, list[tuple[bytes, Connection | None, ClientInfo | None, bool]]] = {}
+        for p in local:
+            by_actor.setdefault(id(p[2]), []).append(p)
+        for group in by_actor.values():
+            info = group[0][2]
+            payload = group[0][0] if len(group) == 1 else merge_updates(*(p[0] for p in group))
             accepted = self._wal.append(
                 PendingUpdate(
                     self.id,
-                    update,
+                    payload,
                     info.user_id if info else None,
                     info.device_name if info else None,
                     info.client_version if info else None,
