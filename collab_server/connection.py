@@ -13,6 +13,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 from uuid import UUID
 
 from .metrics import METRICS
@@ -64,6 +65,8 @@ class Connection:
     messages_in: int = 0
     last_activity: float = field(default_factory=time.time)
     bucket: TokenBucket | None = None
+    transport: Any = None  # the asyncio transport under the WebSocket, to abort a stuck peer
+    stuck_checks: int = 0
 
     def start(self) -> None:
         self._writer = asyncio.create_task(self._drain(), name=f"writer-{self.id}")
@@ -102,8 +105,19 @@ class Connection:
         self._closer = asyncio.create_task(self._send_close(), name=f"close-{self.id}")
 
     async def _send_close(self) -> None:
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._close(self.close_code or 1000, self.close_reason[:120]), 5)
+        try:
+            await asyncio.wait_for(self._close(self.close_code or 1000, self.close_reason[:120]), 2)
+        except TimeoutError:
+            # The peer does not read, so the close frame cannot even be written: drop the TCP
+            # connection rather than hold its buffers for as long as it keeps its window shut.
+            self.abort()
+        except Exception as exc:
+            log.debug("closing %s: %s", self.id, exc)
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            with contextlib.suppress(Exception):
+                self.transport.abort()
 
     async def _drain(self) -> None:
         try:

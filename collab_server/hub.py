@@ -261,10 +261,15 @@ class Hub:
             room.compacting = False
 
     async def _sweep(self) -> None:
-        """Compact rooms whose oldest pending update passed the age threshold."""
-        interval = max(0.2, min(5.0, self.settings.compact_max_age_seconds / 2))
+        """Once a second: abort stuck sockets; compact rooms whose oldest pending update is old."""
+        every = max(1, round(max(0.2, min(5.0, self.settings.compact_max_age_seconds / 2))))
+        tick = 0
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(1.0)
+            self._abort_stuck()
+            tick += 1
+            if tick % every:
+                continue
             now = time.monotonic()
             for room in list(self.rooms.values()):
                 if (
@@ -273,6 +278,20 @@ class Hub:
                     and self.wal.healthy
                 ):
                     self.request_compaction(room)
+
+    def _abort_stuck(self) -> None:
+        """A socket the server has begun to close (keepalive timeout, our close) but whose
+        peer does not read never finishes closing on its own; seen twice, it is aborted."""
+        for room in list(self.rooms.values()):
+            for conn in list(room.connections):
+                transport = conn.transport
+                if transport is None or not transport.is_closing():
+                    conn.stuck_checks = 0
+                    continue
+                conn.stuck_checks += 1
+                if conn.stuck_checks >= 2:
+                    log.info("aborting the stuck connection %s", conn.id)
+                    conn.abort()
 
     # -- shutdown ------------------------------------------------------------------------
 

@@ -8,10 +8,11 @@ it once, hand it to the room; any malformed frame closes only this connection.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from starlette.responses import JSONResponse
@@ -58,6 +59,26 @@ def client_info(ws: WebSocket, user_id: UUID | None, role: str) -> ClientInfo:
         client_version=pick("client_version", 50),
         address=ws.client.host if ws.client else None,
     )
+
+
+def find_transport(send: Any) -> Any:
+    """The asyncio transport under an ASGI send callable (uvicorn's protocol object, reached
+    through Starlette's wrappers). ASGI offers no way to abort a connection, and a graceful
+    close never completes while the peer keeps its receive window shut."""
+    stack, seen = [send], set()
+    while stack:
+        fn = stack.pop()
+        if id(fn) in seen:
+            continue
+        seen.add(id(fn))
+        transport = getattr(getattr(fn, "__self__", None), "transport", None)
+        if transport is not None and hasattr(transport, "abort"):
+            return transport
+        for cell in getattr(fn, "__closure__", None) or ():
+            with contextlib.suppress(ValueError):
+                if callable(cell.cell_contents):
+                    stack.append(cell.cell_contents)
+    return None
 
 
 async def _deny(ws: WebSocket, status: int, code: str, message: str) -> None:
@@ -112,6 +133,7 @@ async def websocket_endpoint(ws: WebSocket) -> None:
 
     await ws.accept()
     conn = Connection(uuid.uuid4().hex, info, settings.send_queue_bytes, ws.send_bytes, ws.close)
+    conn.transport = find_transport(ws._send)
     if settings.rate_messages_per_second > 0:
         rate = settings.rate_messages_per_second
         conn.bucket = TokenBucket(rate, rate * 2)

@@ -248,7 +248,7 @@ class ServerProcess:
 
     def start(self, timeout: float = 30) -> ServerProcess:
         assert self.log_path is not None
-        log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
+        log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "collab_server", "serve", *self.extra_args],
             env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
