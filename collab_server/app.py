@@ -14,7 +14,6 @@ from dataclasses import dataclass
 import asyncpg
 import redis.asyncio as aioredis
 from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
@@ -169,6 +168,4 @@ def create_app(settings: Settings, database_url: str, redis_url: str) -> Starlet
         WebSocketRoute("/ws/{document_id:path}", websocket_endpoint),
         *api.routes,
     ]
-    return Starlette(
-        routes=routes, lifespan=lifespan, exception_handlers={HTTPException: api.error_response}
-    )
+    return Starlette(routes=routes, lifespan=lifespan, exception_handlers=api.exception_handlers)

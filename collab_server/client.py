@@ -18,6 +18,9 @@ import websockets
 from pycrdt import Doc, TransactionEvent
 
 from .awareness import decode_entries, encode_entries
+from .offline import ApiClient as ApiClient  # the HTTP side: /api and offline sync
+from .offline import ApiClientError as ApiClientError
+from .offline import OfflineSync as OfflineSync
 from .protocol import (
     Kind,
     decode,

@@ -183,6 +183,8 @@ async def _pump(ws: WebSocket, room: Room, conn: Connection, max_awareness: int)
             return
         if message["type"] == "websocket.disconnect":
             conn.close_code = conn.close_code or int(message.get("code", 1005))
+            if conn.close_code == CloseCode.MESSAGE_TOO_BIG:  # refused by the WebSocket layer
+                METRICS.inc_label("collab_rejected_frames_total", "reason", "frame over the size limit")
             conn.closing = True
             return
         data = message.get("bytes")
