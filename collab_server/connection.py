@@ -12,7 +12,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
@@ -42,46 +42,78 @@ class ClientInfo:
         return self.role in {"owner", "admin", "editor"}
 
 
-@dataclass(eq=False, slots=True)
 class Connection:
-    id: str
-    info: ClientInfo
-    queue_limit: int
-    _send_bytes: SendBytes
-    _close: Close
-    _queue: deque[bytes] = field(default_factory=deque)
-    _queued_bytes: int = 0
-    _wake: asyncio.Event = field(default_factory=asyncio.Event)
-    _writer: asyncio.Task[None] | None = None
-    _closer: asyncio.Task[None] | None = None
-    reader: asyncio.Task[object] | None = None  # the task blocked in receive(), woken on close
-    closing: bool = False
-    close_code: int | None = None
-    close_reason: str = ""
-    denied_sent: bool = False
-    opened_at: float = field(default_factory=time.monotonic)
-    bytes_in: int = 0
-    bytes_out: int = 0
-    messages_in: int = 0
-    last_activity: float = field(default_factory=time.time)
-    bucket: TokenBucket | None = None
-    transport: Any = None  # the asyncio transport under the WebSocket, to abort a stuck peer
-    stuck_checks: int = 0
+    """Fan-out calls `send`, which never awaits. When the socket can take the frame it is
+    written at once, synchronously (no task switch, no per-connection writer task while
+    idle); otherwise it waits in a queue drained by a writer task that exists only while
+    there is a backlog."""
+
+    __slots__ = (
+        "_close", "_closer", "_proto", "_queue", "_queued_bytes", "_send_bytes", "_writer", "bucket",
+        "bytes_in", "bytes_out", "close_code", "close_reason", "closing", "denied_sent", "id", "info",
+        "last_activity", "messages_in", "opened_at", "queue_limit", "reader", "stuck_checks", "transport",
+    )
+
+    def __init__(
+        self, id: str, info: ClientInfo, queue_limit: int, send_bytes: SendBytes, close: Close, proto: Any = None
+    ) -> None:
+        self.id = id
+        self.info = info
+        self.queue_limit = queue_limit
+        self._send_bytes = send_bytes
+        self._close = close
+        # uvicorn's sansio WebSocket protocol, when we run under it: enables the direct path.
+        self._proto = proto if _supports_direct_send(proto) else None
+        self.transport: Any = getattr(proto, "transport", None)
+        self._queue: deque[bytes] | None = None
+        self._queued_bytes = 0
+        self._writer: asyncio.Task[None] | None = None
+        self._closer: asyncio.Task[None] | None = None
+        self.reader: asyncio.Task[object] | None = None  # the task blocked in receive(), woken on close
+        self.closing = False
+        self.close_code: int | None = None
+        self.close_reason = ""
+        self.denied_sent = False
+        self.opened_at = time.monotonic()
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.messages_in = 0
+        self.last_activity = time.time()
+        self.bucket: TokenBucket | None = None
+        self.stuck_checks = 0
 
     def start(self) -> None:
-        self._writer = asyncio.create_task(self._drain(), name=f"writer-{self.id}")
+        """Nothing to start: the writer task is created on demand."""
 
     def send(self, frame: bytes) -> None:
         if self.closing:
+            return
+        if self._queue is None and self._direct(frame):
             return
         size = len(frame)
         if self._queued_bytes + size > self.queue_limit:
             METRICS.inc("collab_send_queue_overflows_total")
             self.close(CloseCode.TRY_AGAIN_LATER, "send queue full: the client is not reading")
             return
+        if self._queue is None:
+            self._queue = deque()
         self._queue.append(frame)
         self._queued_bytes += size
-        self._wake.set()
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.get_running_loop().create_task(self._drain())
+
+    def _direct(self, frame: bytes) -> bool:
+        """Write now if the socket is writable (what uvicorn's ASGI send does after its await)."""
+        proto = self._proto
+        if proto is None or not proto.writable.is_set() or proto.close_sent or proto.disconnected:
+            return False
+        try:
+            proto.conn.send_binary(frame)
+            proto.transport.write(b"".join(proto.conn.data_to_send()))
+        except Exception:  # the connection is going away; the read loop will notice
+            return False
+        self.bytes_out += len(frame)
+        return True
 
     @property
     def queued_bytes(self) -> int:
@@ -94,9 +126,8 @@ class Connection:
         self.closing = True
         self.close_code = code
         self.close_reason = reason
-        self._queue.clear()
+        self._queue = None
         self._queued_bytes = 0
-        self._wake.set()
         # The writer may be blocked on a peer that does not read: do not wait for it.
         if self._writer is not None and not self._writer.done():
             self._writer.cancel()
@@ -120,24 +151,21 @@ class Connection:
                 self.transport.abort()
 
     async def _drain(self) -> None:
+        """Send the backlog in order, then go away (the next frame goes direct again)."""
         try:
-            while not self.closing:
-                if not self._queue:
-                    self._wake.clear()
-                    await self._wake.wait()
-                    continue
+            while self._queue and not self.closing:
                 frame = self._queue.popleft()
                 self._queued_bytes -= len(frame)
                 await self._send_bytes(frame)
                 self.bytes_out += len(frame)
+            self._queue = None
         except Exception as exc:  # the socket went away under us
             log.debug("writer for %s stopped: %s", self.id, exc)
             self.closing = True
 
     async def finish(self) -> None:
-        """Stop the writer (after the read loop ended)."""
+        """Wait briefly for the backlog and the close frame (after the read loop ended)."""
         self.closing = True
-        self._wake.set()
         for task in (self._writer, self._closer):
             if task is None or task.done():
                 continue
@@ -145,3 +173,7 @@ class Connection:
                 await asyncio.wait_for(asyncio.shield(task), 5)
             except (TimeoutError, asyncio.CancelledError, Exception):
                 task.cancel()
+
+
+def _supports_direct_send(proto: Any) -> bool:
+    return all(hasattr(proto, name) for name in ("conn", "writable", "transport", "close_sent", "disconnected"))

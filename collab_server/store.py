@@ -62,6 +62,7 @@ class DocumentStore:
     def __init__(self, pool: asyncpg.Pool, version_interval_seconds: float) -> None:
         self.pool = pool
         self.version_interval = version_interval_seconds
+        self._ensured: set[UUID] = set()  # open-mode documents known to exist (saves a round trip)
 
     async def load(self, document_id: UUID) -> LoadedDocument | None:
         """The document's full state, or None when it does not exist or is deleted."""
@@ -272,6 +273,8 @@ class DocumentStore:
     async def ensure_open_document(self, name: str) -> UUID:
         """Open mode: the document a room name stands for, created on first use."""
         document_id = open_document_id(name)
+        if document_id in self._ensured:
+            return document_id
         await self.pool.execute(
             """
             INSERT INTO documents (id, workspace_id, title, created_by)
@@ -279,4 +282,7 @@ class DocumentStore:
             """,
             document_id, LOCAL_WORKSPACE_ID, (name.strip() or "untitled")[:500], LOCAL_USER_ID,
         )
+        if len(self._ensured) > 100_000:
+            self._ensured.clear()
+        self._ensured.add(document_id)
         return document_id

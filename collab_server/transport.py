@@ -61,19 +61,19 @@ def client_info(ws: WebSocket, user_id: UUID | None, role: str) -> ClientInfo:
     )
 
 
-def find_transport(send: Any) -> Any:
-    """The asyncio transport under an ASGI send callable (uvicorn's protocol object, reached
-    through Starlette's wrappers). ASGI offers no way to abort a connection, and a graceful
-    close never completes while the peer keeps its receive window shut."""
+def find_protocol(send: Any) -> Any:
+    """uvicorn's protocol object behind an ASGI send callable (reached through Starlette's
+    wrappers). ASGI offers no way to abort a connection (a graceful close never completes
+    while the peer keeps its receive window shut) nor to write without a task switch."""
     stack, seen = [send], set()
     while stack:
         fn = stack.pop()
         if id(fn) in seen:
             continue
         seen.add(id(fn))
-        transport = getattr(getattr(fn, "__self__", None), "transport", None)
-        if transport is not None and hasattr(transport, "abort"):
-            return transport
+        owner = getattr(fn, "__self__", None)
+        if hasattr(getattr(owner, "transport", None), "abort"):
+            return owner
         for cell in getattr(fn, "__closure__", None) or ():
             with contextlib.suppress(ValueError):
                 if callable(cell.cell_contents):
@@ -132,8 +132,9 @@ async def websocket_endpoint(ws: WebSocket) -> None:
         info = client_info(ws, user_id, access.role)
 
     await ws.accept()
-    conn = Connection(uuid.uuid4().hex, info, settings.send_queue_bytes, ws.send_bytes, ws.close)
-    conn.transport = find_transport(ws._send)
+    conn = Connection(
+        uuid.uuid4().hex, info, settings.send_queue_bytes, ws.send_bytes, ws.close, find_protocol(ws._send)
+    )
     if settings.rate_messages_per_second > 0:
         rate = settings.rate_messages_per_second
         conn.bucket = TokenBucket(rate, rate * 2)
