@@ -1,0 +1,124 @@
+"""Endpoints are declared once, with what the OpenAPI document needs, and become Starlette routes.
+
+Because routes are generated from the same declarations the document is built from, a route
+cannot exist without being described (a test checks it against the app's routing table).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from .errors import CODES
+from .payload import JSONOut, Param, Schema
+
+Handler = Callable[[Request], Awaitable[Response]]
+Body = Schema | Literal["binary"] | None
+Produces = Literal["json", "binary", "markdown"]
+
+_MEDIA = {"json": "application/json", "binary": "application/octet-stream", "markdown": "text/markdown"}
+_PATH_PARAM = re.compile(r"{(\w+)(?::\w+)?}")
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    tag: str
+    body: Body = None
+    body_optional: bool = False
+    query: tuple[Param, ...] = ()
+    produces: Produces = "json"
+    success: int = 200
+    errors: tuple[int, ...] = ()
+    public: bool = False  # no token needed
+
+    def route(self) -> Route:
+        return Route(self.path, self.handler, methods=[self.method], name=self.handler.__name__)
+
+    def operation(self) -> dict[str, Any]:
+        params: list[dict[str, Any]] = [
+            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+            for name in _PATH_PARAM.findall(self.path)
+        ]
+        params += [p.openapi() for p in self.query]
+        op: dict[str, Any] = {
+            "operationId": self.handler.__name__,
+            "summary": self.summary,
+            "tags": [self.tag],
+            "parameters": params,
+            "responses": self._responses(),
+        }
+        if self.public:
+            op["security"] = []
+        if self.body == "binary":
+            op["requestBody"] = {"required": True, "content": {_MEDIA["binary"]: {"schema": {
+                "type": "string", "format": "binary", "description": "a Yjs update (v1 encoding)"}}}}
+        elif isinstance(self.body, Schema):
+            op["requestBody"] = {"required": not self.body_optional,
+                                 "content": {"application/json": {"schema": self.body.openapi()}}}
+        return op
+
+    def _responses(self) -> dict[str, Any]:
+        media = _MEDIA[self.produces]
+        schema = {"type": "string", "format": "binary"} if self.produces == "binary" else (
+            {"type": "string"} if self.produces == "markdown" else {"type": "object"})
+        out: dict[str, Any] = {str(self.success): {"description": "success", "content": {media: {"schema": schema}}}}
+        statuses = set(self.errors) | ({400, 500, 503} if self.public else {400, 401, 404, 500, 503})
+        if self.body is not None:
+            statuses |= {413, 415} | ({422} if isinstance(self.body, Schema) else set())
+        for status in sorted(statuses):
+            if status == 304:
+                out["304"] = {"description": "not modified (If-None-Match matched the ETag)"}
+                continue
+            out[str(status)] = {"description": CODES[status].replace("_", " "), "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+        return out
+
+
+def document(endpoints: Sequence[Endpoint], version: str) -> dict[str, Any]:
+    paths: dict[str, dict[str, Any]] = {}
+    for ep in endpoints:
+        openapi_path = _PATH_PARAM.sub(r"{\1}", ep.path)
+        paths.setdefault(openapi_path, {})[ep.method.lower()] = ep.operation()
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "collab-server HTTP API",
+            "version": version,
+            "description": "Documents, changes feed, binary Yjs sync, versions and comments. Same tokens and "
+                           "roles as the WebSocket; errors are always {\"error\": {\"code\", \"message\"}}.",
+        },
+        "servers": [{"url": "/"}],
+        "security": [{"bearer": []}],
+        "paths": paths,
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
+            "schemas": {"Error": {
+                "type": "object", "required": ["error"],
+                "properties": {"error": {"type": "object", "required": ["code", "message"], "properties": {
+                    "code": {"type": "string"}, "message": {"type": "string"}}}},
+            }},
+        },
+    }
+
+
+def openapi_endpoint(endpoints: Sequence[Endpoint], version: str) -> Endpoint:
+    """The document describing `endpoints` and itself, built once on first request."""
+    built: list[dict[str, Any]] = []
+
+    async def openapi_json(request: Request) -> Response:
+        if not built:
+            built.append(document([*endpoints, me], version))
+        return JSONOut(built[0])
+
+    me = Endpoint("GET", "/api/openapi.json", openapi_json, "This OpenAPI document", "meta", public=True)
+    return me

@@ -1,0 +1,116 @@
+"""Errors are JSON with the right status; malformed input on every kind of endpoint; OpenAPI."""
+
+from __future__ import annotations
+
+import base64
+
+import httpx
+from starlette.routing import Route
+
+from .conftest import World, error_of
+
+OCTET = {"Content-Type": "application/octet-stream"}
+
+
+async def test_openapi_describes_every_route(world: World) -> None:
+    spec = (await world.api(None).get("/api/openapi.json")).json()
+    assert spec["openapi"].startswith("3.") and spec["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    routes = [r for r in world.server.app.routes if isinstance(r, Route) and r.path.startswith("/api/")]
+    assert len(routes) >= 25
+    for route in routes:
+        for method in route.methods or ():
+            if method != "HEAD":
+                assert method.lower() in spec["paths"].get(route.path, {}), f"{method} {route.path}"
+    create = spec["paths"]["/api/workspaces/{workspace_id}/documents"]["post"]
+    assert create["requestBody"]["content"]["application/json"]["schema"]["required"] == ["title"]
+    assert {"401", "404", "413", "415", "422"} <= set(create["responses"])
+    updates = spec["paths"]["/api/documents/{document_id}/updates"]["post"]
+    assert "application/octet-stream" in updates["requestBody"]["content"]
+
+
+async def test_routing_errors_are_json(world: World) -> None:
+    missing = await world.api().get("/api/nothing-here")
+    assert missing.status_code == 404 and error_of(missing)["code"] == "not_found"
+    wrong = await world.api().put(f"/api/documents/{world.doc()}")
+    assert wrong.status_code == 405 and error_of(wrong)["code"] == "method_not_allowed"
+    for path in ("/api/documents/not-a-uuid", f"/api/documents/{world.doc()}/comments/not-a-uuid/resolve",
+                 "/api/workspaces/not-a-uuid/changes"):
+        method = "POST" if path.endswith("resolve") else "GET"
+        response = await world.api().request(method, path)
+        assert response.status_code == 404 and error_of(response)["code"] == "not_found", path
+
+
+async def test_malformed_query_parameters(world: World) -> None:
+    api, changes = world.api(), f"/api/workspaces/{world.ws}/changes"
+    for params in ({"since": "abc"}, {"since": "12"}, {"since": "1.2.3"}, {"since": "-1.5"}):
+        response = await api.get(changes, params=params)
+        assert response.status_code == 400 and error_of(response)["code"] == "bad_cursor", params
+    for params in ({"limit": "0"}, {"limit": "many"}, {"limit": "100000"}, {"wait": "-1"}, {"wait": "soon"},
+                   {"wait": "nan"}):
+        assert (await api.get(changes, params=params)).status_code == 400, params
+    assert (await api.get(changes, params={"wait": "999", "since": "0"})).status_code == 200  # capped, not refused
+
+    state = f"/api/documents/{world.doc()}/state"
+    bad = await api.get(state, params={"sv": "***not base64***"})
+    assert bad.status_code == 400 and "base64" in error_of(bad)["message"]
+    not_a_vector = await api.get(state, params={"sv": base64.b64encode(b"\xff\xff\xff").decode()})
+    assert not_a_vector.status_code == 400 and "state vector" in error_of(not_a_vector)["message"]
+    assert (await api.get(f"/api/workspaces/{world.ws}/search")).status_code == 400
+    assert (await api.get(f"/api/documents/{world.doc()}/versions", params={"before": "x"})).status_code == 400
+    assert (await api.get(f"/api/documents/{world.doc()}/comments", params={"resolved": "maybe"})).status_code == 400
+
+
+async def test_malformed_bodies(world: World) -> None:
+    api = world.api()
+    updates = f"/api/documents/{world.doc()}/updates"
+    assert (await api.post(updates, content=b"\x00\x00", headers={"Content-Type": "text/plain"})).status_code == 415
+    assert (await api.post(updates, json={"update": "AAA="})).status_code == 415
+    assert (await api.post(updates, content=b"", headers=OCTET)).status_code == 400
+    invalid = await api.post(updates, content=b"\x05\xff\xff\xff\xff", headers=OCTET)
+    assert invalid.status_code == 400 and error_of(invalid)["code"] == "bad_request"
+
+    create = f"/api/workspaces/{world.ws}/documents"
+    plain = await api.post(create, content=b'{"title": "x"}', headers={"Content-Type": "text/plain"})
+    assert plain.status_code == 415 and error_of(plain)["code"] == "unsupported_media_type"
+    not_json = await api.post(create, content=b'{"title": ', headers={"Content-Type": "application/json"})
+    assert not_json.status_code == 400 and "JSON" in error_of(not_json)["message"]
+    for body, words in (({}, "title is required"), ({"title": 5}, "title must be a string"),
+                        ({"title": "   "}, "may not be empty"), ({"title": "x", "owner": "me"}, "unknown field"),
+                        ({"title": "x", "type": "spreadsheet"}, "must be one of"), ({"title": "x" * 501}, "longer"),
+                        ([1, 2], "JSON object"), ({"title": "x", "metadata": []}, "metadata must be an object")):
+        response = await api.post(create, json=body)
+        assert response.status_code == 422 and words in error_of(response)["message"], (body, response.text)
+        assert error_of(response)["code"] == "unprocessable"
+    assert (await api.patch(f"/api/documents/{world.doc()}", json={})).status_code == 422
+
+    comments = f"/api/documents/{world.doc()}/comments"
+    for body in ({"content": ""}, {"content": "hi", "mentions": ["someone"]}, {"content": "hi", "position": "top"},
+                 {"content": True}):
+        assert (await world.api("commenter").post(comments, json=body)).status_code == 422, body
+    thread = (await world.api("commenter").post(comments, json={"content": "hi"})).json()["id"]
+    for method, path, body in (("PATCH", f"{comments}/{thread}", {}), ("PATCH", f"{comments}/{thread}", {"content": 1}),
+                               ("POST", f"{comments}/{thread}/replies", {"content": " "}),
+                               ("PATCH", f"/api/documents/{world.doc()}", {"title": ""}),
+                               ("PATCH", f"/api/documents/{world.doc()}", {"settings": "dark"})):
+        response = await world.api("commenter" if "comments" in path else "editor").request(method, path, json=body)
+        assert response.status_code == 422, (path, body, response.text)
+    versions = f"/api/documents/{world.doc()}/versions"
+    assert (await api.post(versions, json={"change_description": 5})).status_code == 422
+    assert (await api.post(versions, content=b"x", headers={"Content-Type": "text/plain"})).status_code == 415
+
+
+async def test_oversized_bodies_get_413(make_server) -> None:  # type: ignore[no-untyped-def]
+    server = await make_server(max_message_bytes=4096)  # open mode
+    async with httpx.AsyncClient(base_url=server.http, timeout=10) as api:
+        big = await api.post("/api/documents/big/updates", content=b"\x00" * 5000, headers=OCTET)
+        assert big.status_code == 413 and error_of(big)["code"] == "payload_too_large"
+
+        async def chunks():  # type: ignore[no-untyped-def]
+            for _ in range(5):
+                yield b"\x00" * 1000
+
+        streamed = await api.post("/api/documents/big/updates", content=chunks(), headers=OCTET)  # no length
+        assert streamed.status_code == 413
+        local = (await api.get("/api/workspaces")).json()["workspaces"][0]["id"]
+        doc = await api.post(f"/api/workspaces/{local}/documents", json={"title": "x", "content": "y" * 5000})
+        assert doc.status_code == 413
