@@ -20,7 +20,7 @@ from starlette.routing import Route, WebSocketRoute
 
 from . import api, db
 from .auth import AccessResolver, TokenVerifier, load_secret
-from .bus import Bus
+from .bus import KIND_UPDATE, Bus
 from .config import Settings
 from .connection import Connection
 from .hub import Hub
@@ -90,7 +90,8 @@ async def build_context(settings: Settings, database_url: str, redis_url: str) -
     if settings.auth == "on":
         ctx.revocation = RevocationWatcher(database_url, hub, access)
     if settings.bus == "on":
-        ctx.bus = hub.bus = Bus(redis_url, process_id, hub.rooms, hub.repair, replay_ms=settings.bus_replay_ms)
+        bus = ctx.bus = hub.bus = Bus(redis_url, process_id, hub.rooms, hub.repair, replay_ms=settings.bus_replay_ms)
+        wal.publish = lambda document_id, update: bus.publish(document_id, KIND_UPDATE, update)
     return ctx
 
 

@@ -18,7 +18,7 @@ from uuid import UUID
 from pycrdt import Doc, TransactionEvent, merge_updates
 
 from .awareness import RoomAwareness
-from .bus import KIND_AWARENESS, KIND_UPDATE, Bus, RemotePeer
+from .bus import KIND_AWARENESS, Bus, RemotePeer
 from .connection import ClientInfo, Connection
 from .metrics import METRICS
 from .protocol import (
@@ -183,9 +183,10 @@ class Room:
         self._pending.append((event.update, self._origin, None if self._remote else self._actor, self._remote))
 
     def _flush(self) -> None:
-        """Send this turn's updates: merged once into one frame shared by every receiver,
-        one write-ahead row per author, one bus entry. The sender is excluded when it is the
-        only origin; otherwise everyone gets the merged frame (Yjs ignores what it has)."""
+        """Send this turn's updates: merged once into one frame shared by every receiver, and
+        one write-ahead row per author (published to other processes once committed). The
+        sender is excluded when it is the only origin; otherwise everyone gets the merged
+        frame (Yjs ignores what it already has)."""
         pending, self._pending = self._pending, []
         if not pending:
             return
@@ -198,9 +199,6 @@ class Room:
         if not local:
             return
         self.edits_since_version = True
-        if self._bus is not None:
-            own = merged if len(local) == len(pending) else merge_updates(*(p[0] for p in local))
-            self._bus.publish(self.id, KIND_UPDATE, own)
         if self._wal is None:
             return
         by_actor: dict[int, list[tuple[bytes, Connection | None, ClientInfo | None, bool]]] = {}

@@ -24,12 +24,15 @@ from .metrics import METRICS
 
 log = logging.getLogger("collab.wal")
 
+# ORDER BY the array position: without it the EXISTS becomes a hash join that may emit rows
+# (and so allocate seq) in any order.
 _INSERT = """
 INSERT INTO document_updates (document_id, payload, user_id, device_id, client_version)
 SELECT u.document_id, u.payload, u.user_id, u.device_id, u.client_version
 FROM unnest($1::uuid[], $2::bytea[], $3::uuid[], $4::text[], $5::text[])
-     AS u(document_id, payload, user_id, device_id, client_version)
+     WITH ORDINALITY AS u(document_id, payload, user_id, device_id, client_version, n)
 WHERE EXISTS (SELECT 1 FROM documents d WHERE d.id = u.document_id)
+ORDER BY u.n
 """
 
 
@@ -43,6 +46,7 @@ class PendingUpdate:
 
 
 Committed = Callable[[dict[UUID, tuple[int, int]]], None]
+Publish = Callable[[UUID, bytes], None]
 
 
 class WriteAhead:
@@ -66,6 +70,9 @@ class WriteAhead:
         self._task: asyncio.Task[None] | None = None
         self.healthy = True
         self.last_error: str | None = None
+        # Cross-process relay happens only after the commit: another process must never hold
+        # (and let its clients build on) an update that exists nowhere durable.
+        self.publish: Publish | None = None
 
     @property
     def backlog_bytes(self) -> int:
@@ -123,6 +130,9 @@ class WriteAhead:
             await self._write_with_retry(batch)
             self._backlog_bytes -= sum(len(p.payload) for p in batch)
             self._committed += len(batch)
+            if self.publish is not None:
+                for p in batch:
+                    self.publish(p.document_id, p.payload)
             async with self._progress:
                 self._progress.notify_all()
             if self.on_committed:

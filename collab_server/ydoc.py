@@ -10,7 +10,7 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from pycrdt import Array, Doc, Map, Text
+from pycrdt import Array, Doc, Map, Text, get_state, merge_updates
 
 CONTENT_KEY = "content"  # the Y.Text holding the document's Markdown
 MINDMAP_NODES = "nodes"  # Y.Array of node objects, mirrored into mindmaps.nodes
@@ -33,7 +33,23 @@ def content_hash(content: str) -> str:
 
 
 def compact(state: bytes | None, updates: list[bytes], mindmap: bool = False) -> Compacted:
-    """Merge `updates` into `state`; count characters the updates added and removed from the text."""
+    """Merge `updates` into `state`; count characters the updates added and removed from the text.
+
+    The stored state is `merge_updates`, never a Doc re-encoded: a merge keeps every struct,
+    including ones whose dependencies have not arrived yet (a Doc would leave those out of
+    its encoding and they would be lost when their rows are deleted). Rows may also be in
+    any order. The Doc is only used to read the text and count the change.
+    """
+    problems: list[str] = []
+    valid = []
+    for update in updates:
+        try:
+            get_state(update)  # decodes; an undecodable row must not poison the merge
+            valid.append(update)
+        except Exception as exc:  # validated on arrival, so this is corruption: keep the rest
+            problems.append(f"skipped an undecodable update: {exc}")
+    incoming = merge_updates(*valid) if len(valid) > 1 else (valid[0] if valid else b"")
+    merged = merge_updates(state, incoming) if state and incoming else (state or incoming)
     doc = Doc()
     if state:
         doc.apply_update(state)
@@ -48,14 +64,10 @@ def compact(state: bytes | None, updates: list[bytes], mindmap: bool = False) ->
                 counts[1] += int(op["delete"])
 
     sub = text.observe(on_text)
-    problems = []
-    for update in updates:
-        try:
-            doc.apply_update(update)
-        except Exception as exc:  # already validated on arrival; never let one row block the rest
-            problems.append(f"skipped an update that no longer applies: {exc}")
+    if incoming:
+        doc.apply_update(incoming)
     text.unobserve(sub)
-    result = Compacted(doc.get_update(), read_text(doc), counts[0], counts[1], problems=problems)
+    result = Compacted(merged, read_text(doc), counts[0], counts[1], problems=problems)
     if mindmap:
         result.mindmap = read_mindmap(doc)
     return result
