@@ -178,6 +178,8 @@ class EmbeddedPostgres:
 
     def _start_server(self) -> None:
         bin_dir = _pg_bin()
+        if os.geteuid() == 0:  # parents may have been tightened since init (e.g. pytest's tmp root)
+            _ensure_traversable(self.data_dir.parent)
         options = {
             "listen_addresses": "127.0.0.1",
             "port": str(self.port),
