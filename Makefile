@@ -37,8 +37,14 @@ test: install node
 lint: install
 	$(VENV)/bin/ruff check .
 
+## Benchmark this server against the y-websocket reference server (see bench/README.md).
 bench: install node
+	$(PY) -m pip install --quiet -e '.[test,bench]'
 	$(PY) -m bench.run
+
+## Drive a running server: make loadtest ARGS="--url ws://127.0.0.1:8080/ws --rate 4000 --mix typing,cursor"
+loadtest: install
+	$(VENV)/bin/collab-server loadtest $(ARGS)
 
 clean:
 	rm -rf $(VENV) .collab tests/node/node_modules

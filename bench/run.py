@@ -1,0 +1,560 @@
+"""The standard benchmark: this server against the y-websocket reference server, same load.
+
+    python -m bench.run [--scenarios fanout,idle,large,cold,crash] [--servers ours,ref] [--quick]
+
+Each server runs alone, pinned to CPU 0 (`taskset -c 0`, with our PostgreSQL and Redis); the
+load generator (this process) is pinned to CPU 1. Results go to bench/results/<scenario>.json,
+bench/results/summary.json and bench/results/chart.png, and the table in bench/README.md is
+rewritten. See bench/README.md for what each scenario measures. `--quick` is a smoke run
+(seconds per scenario; its numbers mean nothing). Every phase is bounded in time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from bench.servers import ROOT, Backing, OurServer, RefServer, ServerBase, cpus
+from collab_server.loadtest import (
+    LoadConfig,
+    close_all,
+    cold_rooms,
+    hold_connections,
+    large_document,
+    run_load,
+    seed_rooms,
+)
+
+T = TypeVar("T")
+SCENARIOS = ("fanout", "idle", "large", "cold", "crash")
+SERVERS = {"ours": "collab-server", "ref": "y-websocket"}
+RESULTS = ROOT / "bench" / "results"
+README = ROOT / "bench" / "README.md"
+KIB = 1024
+
+# The issue's targets (2 cores: the server on one, the load generator on the other).
+TARGETS = {
+    "fanout_saturation_per_s": 16_000,
+    "idle_kib_per_connection": 11.0,
+    "idle_open_sync_seconds": 3.0,
+    "large_late_join_step2_ms": 16.0,
+    "cold_rooms_per_s": 818.0,
+    "crash_window_ms": 10.0,
+}
+
+
+@dataclass
+class Plan:
+    quick: bool
+    fanout_docs: int = 50
+    fanout_clients: int = 4
+    fanout_steps: tuple[float, ...] = (500, 1000, 2000, 4000, 8000, 12000, 16000, 20000)
+    fanout_seconds: float = 10.0
+    fanout_drain: float = 3.0
+    cpu_compare_rate: float = 8000.0
+    idle_docs: int = 100
+    idle_per_doc: int = 50
+    large_bytes: int = 1024 * 1024
+    large_edits: int = 10_000
+    large_joiners: int = 5
+    cold_rooms: int = 1000
+    crash_kills: int = 20
+
+    @classmethod
+    def make(cls, quick: bool) -> Plan:
+        if not quick:
+            return cls(quick=False)
+        return cls(
+            quick=True, fanout_docs=10, fanout_steps=(200, 1000), fanout_seconds=2.0, fanout_drain=1.5,
+            cpu_compare_rate=1000.0, idle_docs=10, idle_per_doc=20, large_bytes=64 * 1024, large_edits=500,
+            large_joiners=3, cold_rooms=50, crash_kills=2,
+        )
+
+
+@dataclass
+class Context:
+    plan: Plan
+    server_cpu: int | None
+    generator_cpu: int | None
+    servers: tuple[str, ...]
+    log_dir: Path
+    backing: Backing | None = None
+    notes: list[str] = field(default_factory=list)
+    server_env: dict[str, str] = field(default_factory=dict)
+
+    def make_server(self, which: str) -> ServerBase:
+        if which == "ours":
+            assert self.backing is not None
+            return OurServer(self.backing, self.server_cpu, self.log_dir, self.server_env)
+        return RefServer(self.server_cpu, self.log_dir)
+
+
+def aio(fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    try:
+        import uvloop
+
+        return uvloop.run(fn())
+    except ImportError:  # pragma: no cover
+        return asyncio.run(fn())
+
+
+def log(message: str) -> None:
+    print(f"bench: {message}", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def running(ctx: Context, which: str):  # type: ignore[no-untyped-def]
+    server = ctx.make_server(which).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+# -- scenarios -----------------------------------------------------------------------------
+
+
+def each_server(ctx: Context, one: Callable[[Context, str], dict[str, Any]]) -> dict[str, Any]:
+    """Run `one` for every server; a failure is recorded for that server and the others still run."""
+    out: dict[str, Any] = {}
+    for which in ctx.servers:
+        try:
+            out[which] = one(ctx, which)
+        except Exception as exc:
+            log(f"{one.__name__} on {SERVERS[which]} failed: {exc.__class__.__name__}: {exc}")
+            out[which] = {"error": f"{exc.__class__.__name__}: {exc}"}
+    return out
+
+
+def fanout_one(ctx: Context, which: str) -> dict[str, Any]:
+    p = ctx.plan
+    log(f"fan-out on {SERVERS[which]}: {p.fanout_docs} x {p.fanout_clients}, steps {p.fanout_steps}")
+    with running(ctx, which) as server:
+        config = LoadConfig(
+            url=server.ws_url, documents=p.fanout_docs, clients=p.fanout_clients, steps=p.fanout_steps,
+            duration=p.fanout_seconds, drain=p.fanout_drain, mix=("typing",), check_rooms=4,
+            stop_p99_ms=1000.0, always_run_to=p.cpu_compare_rate,
+            max_seconds=60 + len(p.fanout_steps) * (p.fanout_seconds + p.fanout_drain + 10),
+        )
+        result = aio(lambda: run_load(config, probe=server.probe, progress=sys.stderr))
+    data = result.as_dict()
+    at = [s for s in result.steps if s.target_rate == p.cpu_compare_rate]
+    data["headline"] = {
+        "saturation_per_s": result.saturation(),
+        "cpu_compare_rate": p.cpu_compare_rate,
+        "server_cpu_percent_at_compare_rate": at[0].server.get("server_cpu_percent") if at else None,
+        "database_cpu_percent_at_compare_rate": at[0].server.get("database_cpu_percent") if at else None,
+        "max_generator_cpu": max((s.generator_cpu for s in result.steps), default=0.0),
+    }
+    return data
+
+
+def idle_one(ctx: Context, which: str) -> dict[str, Any]:
+    p = ctx.plan
+    log(f"idle connections on {SERVERS[which]}: {p.idle_docs} documents x {p.idle_per_doc}")
+    with running(ctx, which) as server:
+
+        async def measure() -> dict[str, Any]:
+            # Warm up (the first connections import and allocate), then take the baseline.
+            warm, _ = await hold_connections(server.ws_url, 1, 2, prefix=f"warm-{os.getpid()}")
+            await close_all(warm)
+            await asyncio.sleep(1.0)
+            before = server.probe()
+            clients, info = await hold_connections(server.ws_url, p.idle_docs, p.idle_per_doc)
+            await asyncio.sleep(2.0)  # let the server settle (writers idle, garbage collected)
+            after = server.probe()
+            await close_all(clients)
+            n = max(1, info["connections"])
+            delta = after["server_rss_bytes"] - before["server_rss_bytes"]
+            return {
+                **info,
+                "rss_before_bytes": before["server_rss_bytes"],
+                "rss_after_bytes": after["server_rss_bytes"],
+                "bytes_per_connection": round(delta / n),
+                "kib_per_connection": round(delta / n / KIB, 2),
+                "server_cpu_seconds_to_open": round(after["server_cpu_seconds"] - before["server_cpu_seconds"], 3),
+            }
+
+        return aio(measure)
+
+
+def large_one(ctx: Context, which: str) -> dict[str, Any]:
+    p = ctx.plan
+    log(f"large document on {SERVERS[which]}: {p.large_bytes} bytes + {p.large_edits} edits")
+    with running(ctx, which) as server:
+
+        async def measure() -> dict[str, Any]:
+            before = server.probe()
+            info = await large_document(
+                f"{server.ws_url}/large-{os.getpid()}", size=p.large_bytes, edits=p.large_edits,
+                joiners=p.large_joiners, timeout=120,
+            )
+            after = server.probe()
+            return {**info, "rss_before_bytes": before["server_rss_bytes"],
+                    "rss_after_bytes": after["server_rss_bytes"]}
+
+        return aio(measure)
+
+
+def cold_one(ctx: Context, which: str) -> dict[str, Any]:
+    p = ctx.plan
+    names = [f"cold-{os.getpid()}-{which}-{i}" for i in range(p.cold_rooms)]
+    server = ctx.make_server(which).start()
+    try:
+        note = "rooms are created empty (in memory, nothing to load)"
+        if which == "ours":
+            log(f"cold rooms on {SERVERS[which]}: seeding {len(names)} documents, then a restart")
+            seeded = aio(lambda: seed_rooms(server.ws_url, names))
+            code = server.stop()  # graceful: everything is written and compacted
+            server.start()  # a fresh process: every room is cold and loads from PostgreSQL
+            note = f"{seeded} documents seeded (2 KiB text + 20 edits each), server restarted (exit {code})"
+        log(f"cold rooms on {SERVERS[which]}: {len(names)} opened one after another")
+        before = server.probe()
+        info = aio(lambda: cold_rooms(server.ws_url, names, max_seconds=300))
+        after = server.probe()
+        info["server_cpu_seconds"] = round(after["server_cpu_seconds"] - before["server_cpu_seconds"], 3)
+        if "database_cpu_seconds" in after:
+            info["database_cpu_seconds"] = round(after["database_cpu_seconds"] - before["database_cpu_seconds"], 3)
+        info["note"] = note
+        return info
+    finally:
+        server.stop()
+
+
+def fanout(ctx: Context) -> dict[str, Any]:
+    return each_server(ctx, fanout_one)
+
+
+def idle(ctx: Context) -> dict[str, Any]:
+    return each_server(ctx, idle_one)
+
+
+def large(ctx: Context) -> dict[str, Any]:
+    return each_server(ctx, large_one)
+
+
+def cold(ctx: Context) -> dict[str, Any]:
+    return each_server(ctx, cold_one)
+
+
+def crash(ctx: Context) -> dict[str, Any]:
+    script = ROOT / "bench" / "crash_window.py"
+    if "ours" not in ctx.servers:
+        return {"ours": {"status": "not run", "reason": "only meaningful for collab-server"}}
+    if not script.exists():
+        return {"ours": {"status": "not run", "reason": "bench/crash_window.py is not present"}}
+    kills = ctx.plan.crash_kills
+    log(f"crash window: python -m bench.crash_window --kills {kills} --json")
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "bench.crash_window", "--kills", str(kills), "--json"],
+            cwd=ROOT, capture_output=True, text=True, timeout=120 + kills * 30, check=False,
+            stdin=subprocess.DEVNULL,
+        )
+    except subprocess.TimeoutExpired:
+        return {"ours": {"status": "failed", "reason": "timed out"}}
+    summary = None
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith("{"):
+            with contextlib.suppress(ValueError):
+                summary = json.loads(line)
+                break
+    if proc.returncode != 0 or summary is None:
+        return {"ours": {"status": "failed", "exit": proc.returncode, "stderr": proc.stderr[-1500:],
+                         "stdout": proc.stdout[-1500:]}}
+    return {"ours": {"status": "ok", "kills": kills, **summary}}
+
+
+RUNNERS: dict[str, Callable[[Context], dict[str, Any]]] = {
+    "fanout": fanout, "idle": idle, "large": large, "cold": cold, "crash": crash,
+}
+
+
+# -- summary, chart and README table -------------------------------------------------------
+
+
+def _get(data: dict[str, Any], *path: str) -> Any:
+    for key in path:
+        if not isinstance(data, dict) or key not in data:
+            return None
+        data = data[key]
+    return data
+
+
+def headline(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per measured quantity: ours, the reference, the target and whether it is met."""
+    rows: list[dict[str, Any]] = []
+
+    def row(name: str, unit: str, key: str | None, ours: Any, ref: Any, better: str,
+            target: float | str | None = None) -> None:
+        met = None
+        if isinstance(target, (int, float)) and isinstance(ours, (int, float)):
+            met = ours >= target if better == "higher" else ours <= target
+        elif target == "ref" and isinstance(ours, (int, float)) and isinstance(ref, (int, float)):
+            met = ours <= ref
+        rows.append({"metric": name, "unit": unit, "collab-server": ours, "y-websocket": ref,
+                     "target": TARGETS.get(key) if key else target, "better": better, "met": met})
+
+    f = results.get("fanout", {})
+    if f:
+        row("fan-out saturation (p99 < 100 ms, no loss)", "updates/s", "fanout_saturation_per_s",
+            _get(f, "ours", "headline", "saturation_per_s"), _get(f, "ref", "headline", "saturation_per_s"),
+            "higher", TARGETS["fanout_saturation_per_s"])
+        rate = _get(f, "ours", "headline", "cpu_compare_rate") or _get(f, "ref", "headline", "cpu_compare_rate") or 0
+        row(f"server CPU at {rate:.0f} updates/s (process only)", "% of a core", None,
+            _get(f, "ours", "headline", "server_cpu_percent_at_compare_rate"),
+            _get(f, "ref", "headline", "server_cpu_percent_at_compare_rate"), "lower", "ref")
+        row(f"  + PostgreSQL/Redis CPU at {rate:.0f} updates/s", "% of a core", None,
+            _get(f, "ours", "headline", "database_cpu_percent_at_compare_rate"), None, "lower")
+    i = results.get("idle", {})
+    if i:
+        row("memory per idle synced connection", "KiB", "idle_kib_per_connection",
+            _get(i, "ours", "kib_per_connection"), _get(i, "ref", "kib_per_connection"), "lower",
+            TARGETS["idle_kib_per_connection"])
+        n = _get(i, "ours", "connections") or _get(i, "ref", "connections")
+        row(f"{n} connections open + synced", "s", "idle_open_sync_seconds",
+            _get(i, "ours", "open_and_sync_seconds"), _get(i, "ref", "open_and_sync_seconds"), "lower",
+            TARGETS["idle_open_sync_seconds"])
+    g = results.get("large", {})
+    if g:
+        row("late joiner of the large document: step 2 received", "ms (median)", "large_late_join_step2_ms",
+            _get(g, "ours", "sync_ms_median"), _get(g, "ref", "sync_ms_median"), "lower",
+            TARGETS["large_late_join_step2_ms"])
+        ours_rss, ref_rss = _get(g, "ours", "rss_after_bytes"), _get(g, "ref", "rss_after_bytes")
+        row("server RSS with the large document", "MiB",
+            None, round(ours_rss / KIB / KIB, 1) if ours_rss else None,
+            round(ref_rss / KIB / KIB, 1) if ref_rss else None, "lower")
+    c = results.get("cold", {})
+    if c:
+        row("cold rooms open+sync+close, one after another", "rooms/s", "cold_rooms_per_s",
+            _get(c, "ours", "rooms_per_second"), _get(c, "ref", "rooms_per_second"), "higher",
+            TARGETS["cold_rooms_per_s"])
+    k = results.get("crash", {})
+    if k:
+        window = _get(k, "ours", "window_ms_max")
+        row("crash-loss window (kill -9), max over kills", "ms", "crash_window_ms",
+            window if window is not None else _get(k, "ours", "status"), "n/a", "lower", TARGETS["crash_window_ms"])
+    return rows
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:,.2f}" if abs(value) < 100 else f"{value:,.0f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def markdown_table(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+    lines = [
+        f"Run {meta['finished']} ({'QUICK smoke run: not a measurement' if meta['quick'] else 'full run'}; "
+        f"server on CPU {meta['server_cpu']}, load generator on CPU {meta['generator_cpu']}).",
+        "",
+        "| metric | unit | collab-server | y-websocket | target | met |",
+        "| --- | --- | ---: | ---: | ---: | :---: |",
+    ]
+    for r in rows:
+        target = r["target"]
+        shown = "≤ y-websocket" if target == "ref" else ("" if target is None else
+                                                          f"{'≥' if r['better'] == 'higher' else '≤'} {_fmt(target)}")
+        met = {True: "yes", False: "**no**", None: ""}[r["met"]]
+        lines.append(f"| {r['metric']} | {r['unit']} | {_fmt(r['collab-server'])} | {_fmt(r['y-websocket'])} "
+                     f"| {shown} | {met} |")
+    if meta.get("notes"):
+        lines += ["", *(f"Note: {note}" for note in meta["notes"])]
+    return "\n".join(lines)
+
+
+def chart(results: dict[str, dict[str, Any]], path: Path, quick: bool) -> str | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib is not installed (pip install -e '.[bench]'): no chart"
+    colors = {"ours": "#2b7bb9", "ref": "#e07b39"}
+    panels = [s for s in ("fanout", "idle", "large", "cold", "crash") if s in results]
+    n = len(panels) + (1 if "fanout" in results else 0)
+    cols = 3 if n > 2 else n
+    rows_n = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows_n, cols, figsize=(5.2 * cols, 4.0 * rows_n), squeeze=False)
+    flat = list(axes.flat)
+    ax_iter = iter(flat)
+
+    def bars(ax: Any, title: str, unit: str, values: dict[str, Any], target: float | None) -> None:
+        names = [k for k in ("ours", "ref") if isinstance(values.get(k), (int, float))]
+        ax.bar([SERVERS[k] for k in names], [values[k] for k in names], color=[colors[k] for k in names])
+        for idx, k in enumerate(names):
+            ax.annotate(_fmt(values[k]), (idx, values[k]), ha="center", va="bottom", fontsize=9)
+        if target is not None:
+            ax.axhline(target, color="gray", linestyle="--", linewidth=1, label=f"target {_fmt(target)}")
+            ax.legend(fontsize=8)
+        ax.set_title(title, fontsize=10)
+        ax.set_ylabel(unit)
+        if not names:
+            ax.text(0.5, 0.5, "not run", ha="center", va="center", transform=ax.transAxes)
+
+    if "fanout" in results:
+        ax = next(ax_iter)
+        cpu_ax = next(ax_iter)
+        for k, data in results["fanout"].items():
+            steps = [s for s in data.get("steps", []) if s["latency"]["count"]]
+            rates = [s["target_rate"] for s in steps]
+            ax.plot(rates, [s["latency"]["p99_ms"] for s in steps], "o-", color=colors[k], label=f"{SERVERS[k]} p99")
+            ax.plot(rates, [s["latency"]["p50_ms"] for s in steps], "o:", color=colors[k], alpha=0.6,
+                    label=f"{SERVERS[k]} p50")
+            cpu_ax.plot(rates, [s["server"].get("server_cpu_percent", 0) for s in steps], "o-", color=colors[k],
+                        label=f"{SERVERS[k]} server")
+            if any("database_cpu_percent" in s["server"] for s in steps):
+                cpu_ax.plot(rates, [s["server"].get("database_cpu_percent", 0) for s in steps], "s:",
+                            color=colors[k], alpha=0.6, label=f"{SERVERS[k]} PostgreSQL+Redis")
+        ax.axhline(100, color="gray", linestyle="--", linewidth=1, label="100 ms")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("aggregate updates/s")
+        ax.set_ylabel("ms (send → each receiver)")
+        ax.set_title("fan-out latency (50 docs × 4 clients)" if not quick else "fan-out latency (quick)", fontsize=10)
+        ax.legend(fontsize=7)
+        cpu_ax.set_xscale("log")
+        cpu_ax.set_xlabel("aggregate updates/s")
+        cpu_ax.set_ylabel("% of one core")
+        cpu_ax.set_title("fan-out: server CPU", fontsize=10)
+        cpu_ax.legend(fontsize=7)
+    if "idle" in results:
+        bars(next(ax_iter), "memory per idle synced connection", "KiB",
+             {k: v.get("kib_per_connection") for k, v in results["idle"].items()},
+             TARGETS["idle_kib_per_connection"])
+    if "large" in results:
+        bars(next(ax_iter), "late joiner of the large doc: step 2", "ms (median)",
+             {k: v.get("sync_ms_median") for k, v in results["large"].items()},
+             TARGETS["large_late_join_step2_ms"])
+    if "cold" in results:
+        bars(next(ax_iter), "cold rooms, one after another", "rooms/s",
+             {k: v.get("rooms_per_second") for k, v in results["cold"].items()}, TARGETS["cold_rooms_per_s"])
+    if "crash" in results:
+        bars(next(ax_iter), "crash-loss window (max over kills)", "ms",
+             {"ours": _get(results["crash"], "ours", "window_ms_max")}, TARGETS["crash_window_ms"])
+    for ax in ax_iter:
+        ax.axis("off")
+    fig.suptitle("collab-server vs y-websocket reference server" + (" — QUICK smoke run" if quick else ""))
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return None
+
+
+def update_readme(table: str) -> bool:
+    try:
+        text = README.read_text()
+    except OSError:
+        return False
+    pattern = re.compile(r"(<!-- results:start -->\n).*?(\n<!-- results:end -->)", re.S)
+    if not pattern.search(text):
+        return False
+    README.write_text(pattern.sub(lambda m: m.group(1) + table + m.group(2), text))
+    return True
+
+
+# -- main ----------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
+    p.add_argument("--scenarios", default=",".join(SCENARIOS), help=f"comma-separated: {','.join(SCENARIOS)}")
+    p.add_argument("--servers", default="ours,ref", help="ours (collab-server), ref (y-websocket), or both")
+    p.add_argument("--quick", action="store_true", help="a much shorter smoke run (numbers mean nothing)")
+    p.add_argument("--out", type=Path, default=RESULTS, help="results directory (default bench/results)")
+    p.add_argument("--no-readme", action="store_true", help="do not rewrite the table in bench/README.md")
+    p.add_argument("--server-env", action="append", default=[], metavar="K=V",
+                   help="extra environment for collab-server (repeatable), e.g. COLLAB_BUS=off")
+    args = p.parse_args(argv)
+    args.env = {}
+    for pair in args.server_env:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            p.error(f"--server-env expects K=V, got {pair!r}")
+        args.env[key] = value
+    args.scenario_list = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    args.server_list = tuple(s.strip() for s in args.servers.split(",") if s.strip())
+    bad = [s for s in args.scenario_list if s not in SCENARIOS]
+    if bad:
+        p.error(f"unknown scenario(s) {bad}; choose from {', '.join(SCENARIOS)}")
+    if not args.server_list or any(s not in SERVERS for s in args.server_list):
+        p.error("--servers takes ours, ref or ours,ref")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    plan = Plan.make(args.quick)
+    available = cpus()
+    server_cpu = generator_cpu = None
+    notes = []
+    if len(available) >= 2:
+        server_cpu, generator_cpu = available[0], available[1]
+    else:
+        notes.append("fewer than 2 CPUs: nothing pinned, the server and the load generator share a core")
+    out_dir: Path = args.out
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log_dir = out_dir / "tmp" / "logs"  # bench/results/tmp/ is not committed
+    log_dir.mkdir(parents=True, exist_ok=True)
+    ctx = Context(plan, server_cpu, generator_cpu, args.server_list, log_dir, notes=notes, server_env=args.env)
+    if args.env:
+        notes.append("collab-server environment: " + " ".join(f"{k}={v}" for k, v in sorted(args.env.items())))
+    started = time.time()
+    results: dict[str, dict[str, Any]] = {}
+    needs_db = "ours" in ctx.servers and any(s in args.scenario_list for s in ("fanout", "idle", "large", "cold"))
+    try:
+        if needs_db:
+            log("starting PostgreSQL and Redis" + (f" on CPU {server_cpu}" if server_cpu is not None else ""))
+            ctx.backing = Backing(server_cpu).start()
+            ctx.notes += ctx.backing.notes
+        if generator_cpu is not None:
+            os.sched_setaffinity(0, {generator_cpu})
+        for scenario in args.scenario_list:
+            t0 = time.perf_counter()
+            try:
+                data = RUNNERS[scenario](ctx)
+            except Exception as exc:  # one broken scenario must not lose the others
+                log(f"{scenario} failed: {exc.__class__.__name__}: {exc}")
+                data = {"error": f"{exc.__class__.__name__}: {exc}"}
+            body = {"scenario": scenario, "quick": plan.quick, "seconds": round(time.perf_counter() - t0, 1),
+                    "plan": asdict(plan), "server_cpu": server_cpu, "generator_cpu": generator_cpu, "results": data}
+            (out_dir / f"{scenario}.json").write_text(json.dumps(body, indent=2, default=str) + "\n")
+            results[scenario] = {k: v for k, v in data.items() if k in SERVERS}
+            log(f"{scenario} done in {body['seconds']} s -> {out_dir / (scenario + '.json')}")
+    finally:
+        if ctx.backing is not None:
+            ctx.backing.stop()
+    rows = headline(results)
+    meta = {"finished": time.strftime("%Y-%m-%d %H:%M", time.localtime()), "quick": plan.quick,
+            "server_cpu": server_cpu, "generator_cpu": generator_cpu, "seconds": round(time.time() - started, 1),
+            "scenarios": args.scenario_list, "servers": [SERVERS[s] for s in ctx.servers], "notes": ctx.notes}
+    (out_dir / "summary.json").write_text(json.dumps({**meta, "targets": TARGETS, "rows": rows}, indent=2) + "\n")
+    problem = chart(results, out_dir / "chart.png", plan.quick)
+    if problem:
+        log(problem)
+    table = markdown_table(rows, meta)
+    print(table)
+    if not args.no_readme and out_dir.resolve() == RESULTS.resolve() and update_readme(table):
+        log("updated the results table in bench/README.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
