@@ -90,7 +90,10 @@ async def build_context(settings: Settings, database_url: str, redis_url: str) -
     if settings.auth == "on":
         ctx.revocation = RevocationWatcher(database_url, hub, access)
     if settings.bus == "on":
-        bus = ctx.bus = hub.bus = Bus(redis_url, process_id, hub.rooms, hub.repair, replay_ms=settings.bus_replay_ms)
+        bus = ctx.bus = hub.bus = Bus(
+            redis_url, process_id, hub.rooms, hub.repair, replay_ms=settings.bus_replay_ms,
+            on_peer_joined=hub.republish,
+        )
         wal.publish = lambda document_id, update: bus.publish(document_id, KIND_UPDATE, update)
     return ctx
 

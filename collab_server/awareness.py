@@ -99,9 +99,14 @@ class RoomAwareness:
         relay = update if len(accepted) == len(entries) else encode_entries(accepted)
         return AwarenessChange(relay, states, dropped)
 
-    def encode_all(self) -> bytes | None:
-        """Everyone's current state, for a late joiner or a query-awareness."""
-        live = [(cid, e.clock, e.state) for cid, e in self._entries.items() if e.owner is not None]
+    def encode_all(self, owned: Callable[[object], bool] | None = None) -> bytes | None:
+        """Everyone's current state (or those whose owner passes `owned`), for a late joiner,
+        a query-awareness, or a process that just joined the bus."""
+        live = [
+            (cid, e.clock, e.state)
+            for cid, e in self._entries.items()
+            if e.owner is not None and (owned is None or owned(e.owner))
+        ]
         return encode_entries(live) if live else None
 
     def remove_owner(self, owner: object) -> bytes | None:

@@ -12,8 +12,14 @@ it loads from PostgreSQL, so an update published just before the load but not ye
 committed by its writer is still delivered through the stream.
 
 Awareness states learned from another process are owned by a `RemotePeer`; each process
-refreshes a short-lived liveness key, and when a peer's key expires its clients' states
-are removed from every local room (a killed process cannot say goodbye).
+refreshes its heartbeat in a shared sorted set, and when a peer's heartbeat is older than
+`alive_ms` its clients' states are removed from every local room (a killed process cannot
+say goodbye).
+
+A process that sees no live peer neither publishes nor reads: a lone process pays nothing
+for the bus. When a peer appears, both sides read their streams from `replay_ms` back and
+repair their rooms from PostgreSQL, which covers whatever was written while they were
+not relaying to each other.
 """
 
 from __future__ import annotations
@@ -47,8 +53,7 @@ def stream_key(document_id: UUID) -> str:
     return f"{PREFIX}doc:{document_id}"
 
 
-def alive_key(process_id: str) -> str:
-    return f"{PREFIX}alive:{process_id}"
+PROCESSES = f"{PREFIX}processes"  # sorted set: process id -> last heartbeat (ms)
 
 
 @dataclass(eq=False)
@@ -67,6 +72,7 @@ class Bus:
         rooms: dict[UUID, Room],
         repair: Callable[[Room], None],
         replay_ms: int = 2000,
+        on_peer_joined: Callable[[], None] | None = None,
         retention_ms: int = 60_000,
         alive_ms: int = 3000,
     ) -> None:
@@ -74,6 +80,7 @@ class Bus:
         self._pid = process_id.encode()
         self._rooms = rooms
         self._repair = repair
+        self._on_peer_joined = on_peer_joined
         self.replay_ms = replay_ms
         self.retention_ms = retention_ms
         self.alive_ms = alive_ms
@@ -84,6 +91,8 @@ class Bus:
         self._outbox: list[tuple[UUID, bytes, bytes]] = []
         self._wake = asyncio.Event()
         self._peers: dict[str, RemotePeer] = {}
+        self._live: set[str] = set()
+        self.alone = False  # until the first heartbeat shows otherwise, assume company
         self._tasks: list[asyncio.Task[None]] = []
         self.healthy = True
 
@@ -103,7 +112,7 @@ class Bus:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self._flush(), 2)
         with contextlib.suppress(Exception):
-            await self._writer_redis.delete(alive_key(self.process_id))
+            await self._writer_redis.zrem(PROCESSES, self.process_id)
         for client in (self._reader_redis, self._writer_redis):
             with contextlib.suppress(Exception):
                 await client.aclose()
@@ -121,6 +130,8 @@ class Bus:
     # -- publishing --------------------------------------------------------------------------
 
     def publish(self, document_id: UUID, kind: bytes, payload: bytes) -> None:
+        if self.alone:
+            return
         self._outbox.append((document_id, kind, payload))
         if len(self._outbox) == 1:
             self._wake.set()
@@ -154,7 +165,7 @@ class Bus:
     async def _read_loop(self) -> None:
         delay = 0.1
         while True:
-            if not self._positions:
+            if not self._positions or self.alone:
                 await asyncio.sleep(0.05)
                 continue
             streams = {stream_key(doc): pos for doc, pos in self._positions.items()}
@@ -214,22 +225,41 @@ class Bus:
             self._repair(room)
 
     async def _liveness_loop(self) -> None:
-        """Refresh our liveness key; drop the awareness of peers whose key expired."""
+        """Heartbeat; learn who else is alive; drop the awareness of peers that died."""
         interval = self.alive_ms / 3000
         while True:
             try:
+                now = int(time.time() * 1000)
                 pipe = self._writer_redis.pipeline(transaction=False)
-                pipe.set(alive_key(self.process_id), b"1", px=self.alive_ms)
-                peers = list(self._peers.values())
-                for peer in peers:
-                    pipe.exists(alive_key(peer.process_id))
-                results = await pipe.execute()
-                for peer, alive in zip(peers, results[1:], strict=True):
-                    if not alive:
-                        self._forget(peer)
+                pipe.zadd(PROCESSES, {self.process_id: now})
+                pipe.zremrangebyscore(PROCESSES, "-inf", now - self.alive_ms)
+                pipe.zrange(PROCESSES, 0, -1)
+                members = (await pipe.execute())[2]
+                self._update_peers({m.decode() for m in members} - {self.process_id})
             except (RedisError, OSError) as exc:
                 self._set_unhealthy(exc)
             await asyncio.sleep(interval)
+
+    def _update_peers(self, live: set[str]) -> None:
+        for process_id, peer in list(self._peers.items()):
+            if process_id not in live:
+                self._forget(peer)
+        newcomers = live - self._live
+        self._live = live
+        self.alone = not live
+        if newcomers:
+            log.info("peer processes joined: %s; replaying streams and repairing rooms", sorted(newcomers))
+            start = f"{max(int(time.time() * 1000) - self.replay_ms, 0)}-0"
+            for document_id in self._positions:
+                self._positions[document_id] = start
+            for room in list(self._rooms.values()):
+                self._repair(room)
+                # The newcomer has not heard our clients' awareness (we published nothing while alone).
+                local = room.awareness.encode_all(owned=lambda owner: not isinstance(owner, RemotePeer))
+                if local is not None:
+                    self.publish(room.id, KIND_AWARENESS, local)
+            if self._on_peer_joined is not None:
+                self._on_peer_joined()  # and not our edits either: the hub republishes room states
 
     def _forget(self, peer: RemotePeer) -> None:
         log.info("process %s is gone: removing its clients' awareness", peer.process_id)

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 from uuid import UUID
 
-from .bus import Bus
+from .bus import KIND_UPDATE, Bus
 from .config import Settings
 from .connection import Connection
 from .metrics import METRICS
@@ -206,6 +206,21 @@ class Hub:
                     room.apply_remote(loaded.state)
 
         task = asyncio.create_task(run(), name=f"repair-{room.id}")
+        self._compactions.add(task)
+        task.add_done_callback(self._compactions.discard)
+
+    def republish(self) -> None:
+        """A process joined the bus while we were alone: once our write-ahead is committed
+        (the bus only carries what is durable), publish every room's state to it."""
+
+        async def run() -> None:
+            await self.wal.flush(self.settings.shutdown_timeout)
+            if self.bus is None:
+                return
+            for room in list(self.rooms.values()):
+                self.bus.publish(room.id, KIND_UPDATE, room.doc.get_update())
+
+        task = asyncio.create_task(run(), name="republish")
         self._compactions.add(task)
         task.add_done_callback(self._compactions.discard)
 

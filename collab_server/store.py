@@ -65,24 +65,26 @@ class DocumentStore:
         self._ensured: set[UUID] = set()  # open-mode documents known to exist (saves a round trip)
 
     async def load(self, document_id: UUID) -> LoadedDocument | None:
-        """The document's full state, or None when it does not exist or is deleted."""
-        async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
-            row = await conn.fetchrow(
-                """
-                SELECT d.workspace_id, d.type::text AS type, d.yjs_state, d.deleted,
-                       w.deleted_at IS NOT NULL AS workspace_deleted
-                FROM documents d JOIN workspaces w ON w.id = d.workspace_id
-                WHERE d.id = $1
-                """,
-                document_id,
-            )
-            if row is None or row["deleted"] or row["workspace_deleted"]:
-                return None
-            updates = await conn.fetch(
-                "SELECT payload FROM document_updates WHERE document_id = $1 ORDER BY seq", document_id
-            )
-        parts = [row["yjs_state"]] if row["yjs_state"] else []
-        parts += [u["payload"] for u in updates]
+        """The document's full state, or None when it does not exist or is deleted.
+
+        One statement, so the row and its pending updates come from one snapshot (a
+        compaction committing in between can neither hide rows nor double them) in one
+        round trip."""
+        row = await self.pool.fetchrow(
+            """
+            SELECT d.workspace_id, d.type::text AS type, d.yjs_state,
+                   d.deleted OR w.deleted_at IS NOT NULL AS gone,
+                   ARRAY(SELECT u.payload FROM document_updates u
+                         WHERE u.document_id = d.id ORDER BY u.seq) AS updates
+            FROM documents d JOIN workspaces w ON w.id = d.workspace_id
+            WHERE d.id = $1
+            """,
+            document_id,
+        )
+        if row is None or row["gone"]:
+            return None
+        updates = row["updates"]
+        parts = [row["yjs_state"], *updates] if row["yjs_state"] else list(updates)
         if len(parts) > 1:
             state = await asyncio.to_thread(merge_updates, *parts)
         else:
