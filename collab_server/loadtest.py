@@ -690,11 +690,7 @@ class LoadClient:
             if ident == own:
                 continue  # the reference server echoes updates to their sender too
             seq = int(m[2])
-            arr = seen.get(ident)
-            if arr is None:
-                arr = seen[ident] = bytearray(max(256, seq + 256))
-            elif seq >= len(arr):
-                arr.extend(bytes(max(seq + 256, 2 * len(arr)) - len(arr)))
+            arr = _seen_bits(seen, ident, seq)
             if not arr[seq]:
                 arr[seq] = 1
                 try:
@@ -712,12 +708,7 @@ class LoadClient:
         for m in _TAG.finditer(data):
             ident = int(m[1])
             seq = int(m[2])
-            arr = seen.get(ident)
-            if arr is None:
-                arr = seen[ident] = bytearray(max(256, seq + 256))
-            elif seq >= len(arr):
-                arr.extend(bytes(max(seq + 256, 2 * len(arr)) - len(arr)))
-            arr[seq] = 1
+            _seen_bits(seen, ident, seq)[seq] = 1
         if self.keep is not None:
             self.keep.append(data)
         if not self.synced.done():
@@ -1560,3 +1551,12 @@ def parse_mix(text: str) -> tuple[str, ...]:
         raise LoadTestError(f"unknown mix element(s) {', '.join(sorted(unknown))}; choose from {', '.join(MIXES)}")
     return items
 
+
+def _seen_bits(seen: dict[int, bytearray], ident: int, seq: int) -> bytearray:
+    """The delivered-flags of one sender, grown to hold `seq`."""
+    arr = seen.get(ident)
+    if arr is None:
+        arr = seen[ident] = bytearray(max(256, seq + 256))
+    elif seq >= len(arr):
+        arr.extend(bytes(max(seq + 256, 2 * len(arr)) - len(arr)))
+    return arr
