@@ -2,8 +2,8 @@
 
     python -m bench.presence_load [--clients 1000] [--seconds 10] [--interval 0.1]
 
-Starts `collab-server serve` (open mode, embedded PostgreSQL/Redis in a temp dir) unless --url
-and --redis-url are given, opens N WebSocket connections over 100 documents, sends an awareness
+Starts `collab-server serve` (open mode, embedded PostgreSQL/Redis in a temp dir, or DATABASE_URL /
+REDIS_URL when both are set), opens N WebSocket connections over 100 documents, sends an awareness
 update with a new cursor from every client every --interval seconds, and reports the Redis commands
 per second the server caused (INFO commandstats delta over the measuring window).
 """
@@ -13,17 +13,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import subprocess
-import sys
-import tempfile
 import time
-from pathlib import Path
 
-import httpx
 import redis
 import websockets
 
+from bench.servers import our_server
 from collab_server.awareness import encode_entries
 from collab_server.protocol import encode_awareness, encode_sync_step1
 
@@ -84,30 +79,11 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--interval", type=float, default=0.1)
-    parser.add_argument("--port", type=int, default=18484)
     args = parser.parse_args()
-    data = tempfile.mkdtemp(prefix="collab-presence-")
-    env = {**os.environ, "COLLAB_AUTH": "off", "COLLAB_PORT": str(args.port), "COLLAB_DATA_DIR": data,
-           "COLLAB_LOG_LEVEL": "warning", "COLLAB_RATE_MESSAGES_PER_SECOND": "0",
-           "COLLAB_RATE_CONNECTIONS_PER_MINUTE": "0"}
-    env.pop("DATABASE_URL", None)
-    env.pop("REDIS_URL", None)
-    proc = subprocess.Popen([sys.executable, "-m", "collab_server", "serve"], env=env,
-                            stderr=subprocess.DEVNULL)
-    try:
-        for _ in range(600):
-            try:
-                if httpx.get(f"http://127.0.0.1:{args.port}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        port = int((Path(data) / "redis" / "port").read_text())
-        client = redis.Redis(port=port)
-        result = asyncio.run(run_clients(f"ws://127.0.0.1:{args.port}/ws", args.clients, args.seconds,
-                                         args.interval, lambda: total_commands(client)))
-    finally:
-        proc.terminate()
-        proc.wait(60)
+    with our_server() as server:
+        client = redis.Redis.from_url(server.backing.redis_url)
+        result = asyncio.run(run_clients(server.ws_url, args.clients, args.seconds, args.interval,
+                                         lambda: total_commands(client)))
     print(json.dumps(result))
 
 

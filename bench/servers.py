@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -271,3 +272,18 @@ class RefServer(ServerBase):
             with contextlib.suppress(OSError):
                 self.proc.stdin.close()
         return super().stop(timeout)
+
+
+@contextlib.contextmanager
+def our_server(cpu: int | None = None, env: dict[str, str] | None = None) -> Iterator[OurServer]:
+    """collab-server with its PostgreSQL and Redis, for a script that just needs one running."""
+    log_dir = Path(tempfile.mkdtemp(prefix="collab-bench-logs-")) / "logs"
+    log_dir.mkdir()
+    backing = Backing(cpu).start()
+    server = OurServer(backing, cpu, log_dir, env)
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+        backing.stop()
+        shutil.rmtree(log_dir.parent, ignore_errors=True)

@@ -16,12 +16,22 @@ from uuid import UUID
 
 import asyncpg
 import jwt
+from starlette.requests import HTTPConnection
 
 from .config import Settings
 
 WRITE_ROLES = frozenset({"owner", "admin", "editor"})
 ALGORITHMS = ["HS256"]
 JWKS_ALGORITHMS = ["RS256", "ES256"]
+
+
+def token_from(conn: HTTPConnection) -> str | None:
+    """A bearer token from `Authorization: Bearer`, else `?token=` (browsers cannot set
+    headers on a WebSocket). Works for HTTP requests and WebSockets alike."""
+    header = conn.headers.get("authorization", "")
+    if header[:7].lower() == "bearer ":
+        return header[7:].strip() or None
+    return conn.query_params.get("token") or None
 
 
 class AuthError(Exception):

@@ -51,7 +51,7 @@ class Connection:
     __slots__ = (
         "_close", "_closer", "_proto", "_queue", "_queued_bytes", "_send_bytes", "_writer", "bucket",
         "bytes_in", "bytes_out", "close_code", "close_reason", "closing", "denied_sent", "id", "info",
-        "last_activity", "messages_in", "opened_at", "queue_limit", "reader", "stuck_checks", "transport",
+        "messages_in", "opened_at", "queue_limit", "reader", "stuck_checks", "transport",
     )
 
     def __init__(
@@ -78,12 +78,8 @@ class Connection:
         self.bytes_in = 0
         self.bytes_out = 0
         self.messages_in = 0
-        self.last_activity = time.time()
         self.bucket: TokenBucket | None = None
         self.stuck_checks = 0
-
-    def start(self) -> None:
-        """Nothing to start: the writer task is created on demand."""
 
     def send(self, frame: bytes) -> None:
         if self.closing:

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 from uuid import UUID
 
@@ -54,7 +54,7 @@ class Hub:
         self._loading: dict[UUID, asyncio.Future[Room]] = {}
         self._unloading: dict[UUID, asyncio.Task[None]] = {}
         self._grace: dict[UUID, asyncio.TimerHandle] = {}
-        self._compactions: set[asyncio.Task[None]] = set()  # background work: loads, compactions
+        self._background: set[asyncio.Task[None]] = set()  # loads, compactions, repairs: awaited at shutdown
         self._sweeper: asyncio.Task[None] | None = None
         self._shutdown: asyncio.Future[None] | None = None
         self.connections = 0
@@ -62,6 +62,12 @@ class Hub:
         METRICS.gauge("collab_rooms", lambda: len(self.rooms))
         METRICS.gauge("collab_connections", lambda: self.connections)
         METRICS.gauge("collab_wal_backlog_bytes", lambda: self.wal.backlog_bytes)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        """Run in the background, keeping a reference (the loop holds tasks weakly)."""
+        task = asyncio.create_task(coro, name=name)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def start(self) -> None:
         self._sweeper = asyncio.create_task(self._sweep(), name="compaction-sweeper")
@@ -96,9 +102,7 @@ class Hub:
                 raise RoomUnavailable(CloseCode.TRY_AGAIN_LATER, "room limit reached on this server")
             pending = asyncio.get_running_loop().create_future()
             self._loading[document_id] = pending
-            task = asyncio.create_task(self._load(document_id, pending), name=f"load-{document_id}")
-            self._compactions.add(task)  # keep a reference; awaited at shutdown with the rest
-            task.add_done_callback(self._compactions.discard)
+            self._spawn(self._load(document_id, pending), f"load-{document_id}")
         return await asyncio.shield(pending)
 
     async def _load(self, document_id: UUID, result: asyncio.Future[Room]) -> None:
@@ -205,9 +209,7 @@ class Hub:
                 if loaded is not None:
                     room.apply_remote(loaded.state)
 
-        task = asyncio.create_task(run(), name=f"repair-{room.id}")
-        self._compactions.add(task)
-        task.add_done_callback(self._compactions.discard)
+        self._spawn(run(), f"repair-{room.id}")
 
     def republish(self) -> None:
         """A process joined the bus while we were alone: once our write-ahead is committed
@@ -220,9 +222,7 @@ class Hub:
             for room in list(self.rooms.values()):
                 self.bus.publish(room.id, KIND_UPDATE, room.doc.get_update())
 
-        task = asyncio.create_task(run(), name="republish")
-        self._compactions.add(task)
-        task.add_done_callback(self._compactions.discard)
+        self._spawn(run(), "republish")
 
     # -- compaction policy ---------------------------------------------------------------
 
@@ -246,9 +246,7 @@ class Hub:
             room.compact_again = True
             return
         room.compacting = True
-        task = asyncio.create_task(self._compact(room), name=f"compact-{room.id}")
-        self._compactions.add(task)
-        task.add_done_callback(self._compactions.discard)
+        self._spawn(self._compact(room), f"compact-{room.id}")
 
     async def _compact(self, room: Room) -> None:
         try:
@@ -331,8 +329,8 @@ class Hub:
         deadline = self.settings.shutdown_timeout
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(deadline):
-                if self._compactions:
-                    await asyncio.gather(*self._compactions, return_exceptions=True)
+                if self._background:
+                    await asyncio.gather(*self._background, return_exceptions=True)
                 if self._unloading:
                     await asyncio.gather(*self._unloading.values(), return_exceptions=True)
                 rooms = list(self.rooms.values())

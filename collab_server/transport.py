@@ -18,7 +18,7 @@ from uuid import UUID
 from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from .auth import AuthError
+from .auth import AuthError, token_from
 from .connection import ClientInfo, Connection
 from .hub import RoomUnavailable
 from .metrics import METRICS
@@ -33,16 +33,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("collab.transport")
 
 DEVICE_TYPES = {"web", "desktop", "mobile"}
-
-
-def bearer_token(ws: WebSocket) -> str | None:
-    token = ws.query_params.get("token")
-    if token:
-        return token
-    header = ws.headers.get("authorization", "")
-    if header[:7].lower() == "bearer ":
-        return header[7:].strip() or None
-    return None
 
 
 def client_info(ws: WebSocket, user_id: UUID | None, role: str) -> ClientInfo:
@@ -115,7 +105,7 @@ async def websocket_endpoint(ws: WebSocket) -> None:
             await ws.close(CloseCode.BAD_REQUEST, "document id must be a UUID")
             return
         try:
-            claims = await ctx.tokens.verify(bearer_token(ws))
+            claims = await ctx.tokens.verify(token_from(ws))
             user_id = await ctx.access.user_id(str(claims["sub"]))
             if user_id is None:
                 raise AuthError("unknown user")
@@ -144,7 +134,6 @@ async def websocket_endpoint(ws: WebSocket) -> None:
         await ws.close(exc.code, exc.reason)
         return
     METRICS.inc("collab_connections_opened_total")
-    conn.start()
     ctx.on_connect(room, conn)
     try:
         await _pump(ws, room, conn, settings.max_awareness_bytes)
@@ -199,7 +188,6 @@ async def _pump(ws: WebSocket, room: Room, conn: Connection, max_awareness: int)
             return
         conn.bytes_in += len(data)
         conn.messages_in += 1
-        conn.last_activity = time.time()
         counters["collab_bytes_in_total"] += len(data)
         try:
             msg = decode(data)

@@ -10,7 +10,7 @@ from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _version
 
 from . import changes, comments, documents, presence, sync, versions, workspaces
-from .access import authorize_document, request_token
+from .access import authorize_document
 from .errors import ApiError, error_response, exception_handlers
 from .openapi import Endpoint, openapi_endpoint
 
@@ -33,5 +33,5 @@ routes = [ep.route() for ep in endpoints]
 
 __all__ = [
     "ApiError", "Endpoint", "authorize_document", "endpoints", "error_response", "exception_handlers",
-    "request_token", "routes",
+    "routes",
 ]

@@ -17,7 +17,7 @@ from uuid import UUID
 import asyncpg
 from starlette.requests import Request
 
-from ..auth import AuthError, as_user
+from ..auth import AuthError, as_user, token_from
 from ..store import LOCAL_USER_ID, open_document_id
 from .errors import ApiError
 
@@ -51,20 +51,13 @@ def context(request: Request) -> AppContext:
     return request.app.state.ctx  # type: ignore[no-any-return]
 
 
-def request_token(request: Request) -> str | None:
-    header = request.headers.get("authorization", "")
-    if header[:7].lower() == "bearer ":
-        return header[7:].strip() or None
-    return request.query_params.get("token")
-
-
 async def caller(request: Request) -> UUID:
     """The calling user's id; 401 for a missing, invalid or expired token or an unknown user."""
     ctx = context(request)
     if ctx.settings.auth == "off":
         return LOCAL_USER_ID
     try:
-        claims = await ctx.tokens.verify(request_token(request))
+        claims = await ctx.tokens.verify(token_from(request))
     except AuthError as exc:
         raise ApiError(401, str(exc), headers={"WWW-Authenticate": "Bearer"}) from None
     user_id = await ctx.access.user_id(str(claims["sub"]))
