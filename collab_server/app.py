@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
-from . import api, db
+from . import api, db, ydoc
 from .auth import AccessResolver, TokenVerifier, load_secret
 from .bus import KIND_UPDATE, Bus
 from .config import Settings
@@ -26,6 +26,7 @@ from .connection import Connection
 from .hub import Hub
 from .metrics import METRICS
 from .migrate import migrate
+from .offloop import OffLoop
 from .presence import Presence
 from .ratelimit import AddressLimiter
 from .revocation import RevocationWatcher
@@ -52,6 +53,7 @@ class AppContext:
     presence: Presence
     process_id: str
     address_limiter: AddressLimiter
+    offloop: OffLoop
     revocation: RevocationWatcher | None = None
     bus: Bus | None = None
 
@@ -70,7 +72,8 @@ async def build_context(settings: Settings, database_url: str, redis_url: str) -
         await conn.close()
     pool = await db.create_pool(database_url)
     redis = aioredis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2)
-    store = DocumentStore(pool, settings.version_interval_seconds)
+    offloop = OffLoop(settings.conversion_processes)
+    store = DocumentStore(pool, settings.version_interval_seconds, offloop, settings.rich_text_field)
     if settings.auth == "off":
         await store.ensure_local_workspace()
     process_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
@@ -85,7 +88,7 @@ async def build_context(settings: Settings, database_url: str, redis_url: str) -
     access = AccessResolver(pool)
     ctx = AppContext(
         settings, pool, redis, store, wal, hub, tokens, access, presence, process_id,
-        AddressLimiter(settings.rate_connections_per_minute),
+        AddressLimiter(settings.rate_connections_per_minute), offloop,
     )
     if settings.auth == "on":
         ctx.revocation = RevocationWatcher(database_url, hub, access)
@@ -99,6 +102,7 @@ async def build_context(settings: Settings, database_url: str, redis_url: str) -
 
 
 async def start_context(ctx: AppContext) -> None:
+    await ctx.offloop.start(ydoc.ready)
     ctx.wal.start()
     ctx.hub.start()
     ctx.presence.start()
@@ -108,8 +112,10 @@ async def start_context(ctx: AppContext) -> None:
         ctx.revocation.start()
     # Rows left by a crash are compacted at start so yjs_state catches up without a client.
     for document_id in await ctx.store.pending_documents():
-        with contextlib.suppress(Exception):
+        try:
             await ctx.store.compact(document_id)
+        except Exception:
+            log.exception("recovery compaction of %s failed; retried when the document is next opened", document_id)
 
 
 async def stop_context(ctx: AppContext) -> None:
@@ -120,6 +126,7 @@ async def stop_context(ctx: AppContext) -> None:
     await ctx.presence.stop()
     if ctx.bus is not None:
         await ctx.bus.stop()
+    ctx.offloop.close()
     with contextlib.suppress(Exception):
         await asyncio.wait_for(ctx.pool.close(), 5)
     with contextlib.suppress(Exception):

@@ -164,6 +164,10 @@ class Settings:
     version_interval_seconds: float = field(
         default=600.0, metadata=_env("COLLAB_VERSION_INTERVAL_SECONDS", _parse_non_negative_float)
     )
+    rich_text_field: str = field(default="default", metadata=_env("COLLAB_RICH_TEXT_FIELD"))
+    conversion_processes: int = field(
+        default=1, metadata=_env("COLLAB_CONVERSION_PROCESSES", _parse_non_negative_int)
+    )
     write_backlog_bytes: int = field(
         default=64 * 1024 * 1024, metadata=_env("COLLAB_WRITE_BACKLOG_BYTES", _parse_positive_int)
     )

@@ -23,7 +23,8 @@ from typing import Any
 import orjson
 from pycrdt import Doc, Text, TransactionEvent
 
-from .ydoc import CONTENT_KEY
+from .content import read_markdown, write_markdown
+from .content.model import TEXT_FIELD
 
 
 class ApiClientError(Exception):
@@ -166,7 +167,19 @@ class OfflineSync:
         return doc
 
     def text(self, document_id: str) -> Text:
-        return self.doc(document_id).get(CONTENT_KEY, type=Text)
+        """The Y.Text of a source-editor document (for rich-text documents use `markdown`)."""
+        return self.doc(document_id).get(TEXT_FIELD, type=Text)
+
+    def markdown(self, document_id: str, doc_type: str = "markdown") -> str:
+        """The local copy's content as Markdown, whichever structure holds it."""
+        return read_markdown(self.doc(document_id), doc_type)
+
+    def set_markdown(self, document_id: str, source: str, doc_type: str = "markdown") -> None:
+        """Edit the local copy so that it reads as `source`: a minimal CRDT edit, pushed later
+        and merged with whatever others did meanwhile."""
+        doc = self.doc(document_id)
+        with doc.transaction():
+            write_markdown(doc, source, doc_type)
 
     def _on_local(self, document_id: str, _event: TransactionEvent) -> None:
         if not self._applying:

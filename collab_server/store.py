@@ -22,7 +22,9 @@ import orjson
 from pycrdt import merge_updates
 
 from . import ydoc
+from .content import rich_fields
 from .metrics import METRICS
+from .offloop import OffLoop
 
 log = logging.getLogger("collab.store")
 
@@ -59,8 +61,13 @@ class CompactionResult:
 
 
 class DocumentStore:
-    def __init__(self, pool: asyncpg.Pool, version_interval_seconds: float) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, version_interval_seconds: float, offloop: OffLoop | None = None,
+        rich_text_field: str = "default",
+    ) -> None:
         self.pool = pool
+        self.offloop = offloop or OffLoop(0)
+        self.fields = rich_fields(rich_text_field)
         self.version_interval = version_interval_seconds
         self._ensured: set[UUID] = set()  # open-mode documents known to exist (saves a round trip)
 
@@ -145,8 +152,8 @@ class DocumentStore:
                 )
                 return CompactionResult(0, 0, doc["yjs_clock"], stored.content, number)
             payloads = [r["payload"] for r in rows]
-            merged = await asyncio.to_thread(
-                ydoc.compact, doc["yjs_state"], payloads, doc["type"] == "mindmap"
+            merged = await self.offloop.run(
+                ydoc.compact, doc["yjs_state"], payloads, doc["type"], doc["content"] or "", self.fields
             )
             for problem in merged.problems:
                 log.warning("document %s: %s", document_id, problem)

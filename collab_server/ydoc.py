@@ -1,21 +1,22 @@
-"""Pure pycrdt work done off the event loop: merging updates and reading a document's text.
+"""Pure pycrdt work done off the event loop: merging updates and reading a document's content.
 
-These functions build their own Doc, so they are safe to run in a worker thread while the
-event loop keeps relaying messages.
+These functions build their own Doc and take and return only bytes and plain values, so they
+run in a worker process (see `offloop`) while the event loop keeps relaying messages.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pycrdt import Array, Doc, Map, Text, get_state, merge_updates
+from pycrdt import Array, Doc, Map, get_state, merge_updates
 
-CONTENT_KEY = "content"  # the Y.Text holding the document's Markdown
-MINDMAP_NODES = "nodes"  # Y.Array of node objects, mirrored into mindmaps.nodes
-MINDMAP_EDGES = "edges"  # Y.Array of edge objects, mirrored into mindmaps.edges
-MINDMAP_LAYOUT = "layout"  # Y.Map {type: str, ...settings}, mirrored into layout_type / layout_settings
+from .content import read_markdown
+from .content.model import MINDMAP_EDGES, MINDMAP_LAYOUT, MINDMAP_NODES, RICH_TEXT_FIELDS
+from .content.text import change_size
+from .sanitize import storable_text
 
 
 @dataclass
@@ -32,13 +33,19 @@ def content_hash(content: str) -> str:
     return hashlib.sha256(content.encode()).hexdigest()
 
 
-def compact(state: bytes | None, updates: list[bytes], mindmap: bool = False) -> Compacted:
-    """Merge `updates` into `state`; count characters the updates added and removed from the text.
+def compact(
+    state: bytes | None,
+    updates: list[bytes],
+    doc_type: str = "markdown",
+    previous: str = "",
+    fields: Sequence[str] = RICH_TEXT_FIELDS,
+) -> Compacted:
+    """Merge `updates` into `state`; the new Markdown and how much it differs from `previous`.
 
     The stored state is `merge_updates`, never a Doc re-encoded: a merge keeps every struct,
     including ones whose dependencies have not arrived yet (a Doc would leave those out of
     its encoding and they would be lost when their rows are deleted). Rows may also be in
-    any order. The Doc is only used to read the text and count the change.
+    any order. The Doc is only used to read the content.
     """
     problems: list[str] = []
     valid = []
@@ -51,33 +58,29 @@ def compact(state: bytes | None, updates: list[bytes], mindmap: bool = False) ->
     incoming = merge_updates(*valid) if len(valid) > 1 else (valid[0] if valid else b"")
     merged = merge_updates(state, incoming) if state and incoming else (state or incoming)
     doc = Doc()
-    if state:
-        doc.apply_update(state)
-    text = doc.get(CONTENT_KEY, type=Text)
-    counts = [0, 0]
-
-    def on_text(event: Any) -> None:
-        for op in event.delta:
-            if "insert" in op and isinstance(op["insert"], str):
-                counts[0] += len(op["insert"])
-            elif "delete" in op:
-                counts[1] += int(op["delete"])
-
-    sub = text.observe(on_text)
-    if incoming:
-        doc.apply_update(incoming)
-    text.unobserve(sub)
-    result = Compacted(merged, read_text(doc), counts[0], counts[1], problems=problems)
-    if mindmap:
+    if merged:
+        doc.apply_update(merged)
+    try:
+        content = storable_text(read_markdown(doc, doc_type, fields))
+    except Exception as exc:  # a conversion bug must not stop the state from being stored
+        problems.append(f"content conversion failed, previous content kept: {exc!r}")
+        content = previous
+    added, removed = change_size(previous, content)
+    result = Compacted(merged, content, added, removed, problems=problems)
+    if doc_type == "mindmap":
         result.mindmap = read_mindmap(doc)
     return result
 
 
-def read_text(doc: Doc) -> str:
-    try:
-        return str(doc.get(CONTENT_KEY, type=Text))
-    except Exception:  # the client used the name for another shared type
-        return ""
+def ready() -> bool:
+    """Run once in a new worker process: everything above is imported by then."""
+    return True
+
+
+def markdown_of(update: bytes, doc_type: str, fields: Sequence[str] = RICH_TEXT_FIELDS) -> str:
+    doc = Doc()
+    doc.apply_update(update)
+    return storable_text(read_markdown(doc, doc_type, fields))
 
 
 def read_mindmap(doc: Doc) -> dict[str, Any]:

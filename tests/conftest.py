@@ -23,6 +23,7 @@ import asyncpg
 import httpx
 import pytest
 import redis.asyncio as aioredis
+from hypothesis import settings as hypothesis_settings
 
 from collab_server import db as dbmod
 from collab_server.app import AppContext, create_app
@@ -34,6 +35,12 @@ from collab_server.server import CollabServer, bind, uvicorn_config
 ROOT = Path(__file__).resolve().parent.parent
 TEST_PG_OPTIONS = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
 REDIS_TEST_DB = 9  # on an external Redis, keep out of the way of db 0
+
+# Property tests are reproducible in `make test` (same examples every run, no example database);
+# HYPOTHESIS_PROFILE=fuzz searches afresh and longer.
+hypothesis_settings.register_profile("default", derandomize=True, database=None)
+hypothesis_settings.register_profile("fuzz", max_examples=20_000, deadline=None)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
 def with_database(url: str, name: str) -> str:

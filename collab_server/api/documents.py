@@ -7,7 +7,6 @@ changes feed as a `delete`, so desktop copies learn about it.
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
@@ -15,6 +14,7 @@ from uuid import UUID
 from starlette.requests import Request
 from starlette.responses import Response
 
+from .. import ydoc
 from . import live
 from .access import MANAGE, WRITE, authorize_document, authorize_workspace, context, user_transaction
 from .errors import ApiError
@@ -85,13 +85,16 @@ async def create_document(request: Request) -> Response:
     body = await read_json(request, CREATE)
     content = body.pop("content", "") or ""
     body.setdefault("type", "markdown")
-    state = await asyncio.to_thread(live.initial_state, content)
+    ctx = context(request)
+    editor_mode = (body.get("settings") or {}).get("editor_mode")
+    state = await ctx.offloop.run(live.initial_state, content, body["type"], editor_mode, ctx.store.fields)
+    content = await ctx.offloop.run(ydoc.markdown_of, state, body["type"], ctx.store.fields) if content else content
     # Only the columns given, so the others keep their schema defaults (metadata, settings).
     values: dict[str, Any] = {**body, "content": content, "yjs_state": state, "workspace_id": access.workspace_id,
                               "created_by": access.user_id, "updated_by": access.user_id}
     names = list(values)
     placeholders = [f"${i}::document_type" if n == "type" else f"${i}" for i, n in enumerate(names, 1)]
-    async with user_transaction(context(request), access.user_id, request) as conn:
+    async with user_transaction(ctx, access.user_id, request) as conn:
         row = await conn.fetchrow(
             f"INSERT INTO documents AS d ({', '.join(names)}) VALUES ({', '.join(placeholders)}) RETURNING {COLUMNS}",
             *values.values(),

@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import itertools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from difflib import SequenceMatcher
 from typing import TYPE_CHECKING
 from uuid import UUID
 
-from pycrdt import Array, Doc, Map, Text, TransactionEvent
+from pycrdt import Doc, TransactionEvent
 
-from .. import ydoc
 from ..connection import ClientInfo
+from ..content import copy_content, write_markdown
+from ..content.model import RICH_TEXT_FIELDS
 from ..hub import RoomUnavailable
 from ..protocol import CloseCode, ProtocolError
 from .access import DocumentAccess, device_header
@@ -30,7 +30,6 @@ if TYPE_CHECKING:
 
     from ..app import AppContext
 
-CHAR_DIFF_LIMIT = 4_000_000  # len(a) * len(b) above which a changed block is replaced whole
 EMPTY_UPDATE = b"\x00\x00"
 
 
@@ -54,6 +53,14 @@ async def current_state(ctx: AppContext, document_id: UUID) -> State:
     return State(loaded.state or EMPTY_UPDATE, loaded.type)
 
 
+async def editor_mode(ctx: AppContext, access: DocumentAccess) -> str | None:
+    """settings.editor_mode: which structure a document without content gets."""
+    value = await ctx.pool.fetchval(
+        "SELECT settings->>'editor_mode' FROM documents WHERE id = $1", access.document_id
+    )
+    return str(value) if value is not None else None
+
+
 def _doc(update: bytes) -> Doc:
     doc = Doc()
     doc.apply_update(update)
@@ -73,14 +80,13 @@ def cut(update: bytes, peer_vector: bytes | None) -> tuple[bytes, bytes]:
     return doc.get_state(), doc.get_update(peer_vector)
 
 
-def text_of(update: bytes) -> str:
-    return ydoc.read_text(_doc(update))
-
-
-def initial_state(content: str) -> bytes:
+def initial_state(content: str, doc_type: str, editor_mode: str | None,
+                  fields: Sequence[str] = RICH_TEXT_FIELDS) -> bytes:
+    """A new document's state holding `content` (Markdown) in the structure its editor uses."""
     doc = Doc()
-    if content:
-        doc.get(ydoc.CONTENT_KEY, type=Text).insert(0, content)
+    if content and doc_type != "mindmap":
+        with doc.transaction():
+            write_markdown(doc, content, doc_type, editor_mode=editor_mode, fields=fields)
     return doc.get_update()
 
 
@@ -130,56 +136,12 @@ async def apply(ctx: AppContext, access: DocumentAccess, update: bytes, who: Cli
     return vector
 
 
-# -- restoring a version: edits that turn the live document into the version's content ------
+# -- edits that start from content: restore, Markdown writes ----------------------------------
 
 
-def text_edits(old: str, new: str) -> list[tuple[int, int, str]]:
-    """(start, end, replacement) in character offsets of `old`, ascending: a line diff, refined
-    to characters inside changed blocks that are small enough, so concurrent edits elsewhere in
-    the text survive a restore instead of being overwritten by one big replacement."""
-    a_lines, b_lines = old.splitlines(keepends=True), new.splitlines(keepends=True)
-    offsets = [0, *itertools.accumulate(len(line) for line in a_lines)]
-    edits: list[tuple[int, int, str]] = []
-    for tag, i1, i2, j1, j2 in SequenceMatcher(None, a_lines, b_lines, autojunk=False).get_opcodes():
-        if tag == "equal":
-            continue
-        start, end, replacement = offsets[i1], offsets[i2], "".join(b_lines[j1:j2])
-        segment = old[start:end]
-        if tag == "replace" and len(segment) * len(replacement) <= CHAR_DIFF_LIMIT:
-            matcher = SequenceMatcher(None, segment, replacement, autojunk=False)
-            edits += [(start + k1, start + k2, replacement[l1:l2])
-                      for op, k1, k2, l1, l2 in matcher.get_opcodes() if op != "equal"]
-        else:
-            edits.append((start, end, replacement))
-    return edits
-
-
-def _rewrite_text(text: Text, new: str) -> None:
-    old = str(text)
-    # pycrdt indexes Y.Text by UTF-8 byte offset.
-    byte_at = [0, *itertools.accumulate(len(ch.encode()) for ch in old)]
-    for start, end, replacement in reversed(text_edits(old, new)):
-        if end > start:
-            del text[byte_at[start]:byte_at[end]]
-        if replacement:
-            text.insert(byte_at[start], replacement)
-
-
-def _replace_mindmap(doc: Doc, version: Doc) -> None:
-    for key in (ydoc.MINDMAP_NODES, ydoc.MINDMAP_EDGES):
-        target, source = doc.get(key, type=Array), version.get(key, type=Array).to_py() or []
-        if target.to_py() != source:
-            target.clear()
-            target.extend(source)
-    layout, source_layout = doc.get(ydoc.MINDMAP_LAYOUT, type=Map), version.get(ydoc.MINDMAP_LAYOUT, type=Map).to_py()
-    if layout.to_py() != (source_layout or {}):
-        layout.clear()
-        layout.update(source_layout or {})
-
-
-def restore_update(current: bytes, content: str, version_state: bytes | None, mindmap: bool) -> bytes:
-    """One Yjs update that, applied to `current`, gives the version's content. Built on a copy
-    (off the event loop); it merges with whatever else happened meanwhile like any edit."""
+def _captured(current: bytes, edit: Callable[[Doc], None]) -> bytes:
+    """The one Yjs update `edit` makes to a copy of `current` (built off the event loop); it
+    merges with whatever else happened meanwhile like any edit."""
     doc = _doc(current)
     captured: list[bytes] = []
 
@@ -189,10 +151,24 @@ def restore_update(current: bytes, content: str, version_state: bytes | None, mi
     subscription = doc.observe(capture)
     try:
         with doc.transaction():
-            _rewrite_text(doc.get(ydoc.CONTENT_KEY, type=Text), content)
-            if mindmap and version_state:
-                _replace_mindmap(doc, _doc(version_state))
+            edit(doc)
     finally:
         doc.unobserve(subscription)
     return captured[0] if captured else EMPTY_UPDATE
 
+
+def restore_update(current: bytes, content: str, version_state: bytes | None, doc_type: str,
+                   fields: Sequence[str] = RICH_TEXT_FIELDS) -> bytes:
+    """The update that gives the live document the version's content: copied structure for
+    structure (every attribute and mark) from the version's state, or from its Markdown for a
+    version stored without one."""
+    if version_state:
+        return _captured(current, lambda doc: copy_content(doc, _doc(version_state), doc_type, fields))
+    return markdown_update(current, content, doc_type, None, fields)
+
+
+def markdown_update(current: bytes, source: str, doc_type: str, editor_mode: str | None,
+                    fields: Sequence[str] = RICH_TEXT_FIELDS) -> bytes:
+    """The minimal update that makes the document's content read as `source`."""
+    return _captured(current, lambda doc: write_markdown(doc, source, doc_type, editor_mode=editor_mode,
+                                                         fields=fields))

@@ -19,7 +19,7 @@ from .errors import CODES
 from .payload import JSONOut, Param, Schema
 
 Handler = Callable[[Request], Awaitable[Response]]
-Body = Schema | Literal["binary"] | None
+Body = Schema | Literal["binary", "markdown"] | None
 Produces = Literal["json", "binary", "markdown"]
 
 _MEDIA = {"json": "application/json", "binary": "application/octet-stream", "markdown": "text/markdown"}
@@ -62,6 +62,9 @@ class Endpoint:
         if self.body == "binary":
             op["requestBody"] = {"required": True, "content": {_MEDIA["binary"]: {"schema": {
                 "type": "string", "format": "binary", "description": "a Yjs update (v1 encoding)"}}}}
+        elif self.body == "markdown":
+            op["requestBody"] = {"required": True, "content": {_MEDIA["markdown"]: {"schema": {
+                "type": "string", "description": "CommonMark + GFM, UTF-8"}}}}
         elif isinstance(self.body, Schema):
             op["requestBody"] = {"required": not self.body_optional,
                                  "content": {"application/json": {"schema": self.body.openapi()}}}

@@ -21,6 +21,7 @@ from .errors import ApiError
 
 JSON_BODY_LIMIT = 1024 * 1024  # or the message limit, when that is lower
 OCTET_STREAM = "application/octet-stream"
+MARKDOWN = "text/markdown"
 
 
 def _default(value: Any) -> Any:

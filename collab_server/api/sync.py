@@ -12,11 +12,12 @@ import hashlib
 from starlette.requests import Request
 from starlette.responses import Response
 
+from .. import ydoc
 from . import live
 from .access import WRITE, authorize_document, context
 from .errors import ApiError
 from .openapi import Endpoint
-from .payload import OCTET_STREAM, JSONOut, Param, decode_base64, encode_base64, read_body, require_media_type
+from .payload import MARKDOWN, OCTET_STREAM, JSONOut, Param, decode_base64, encode_base64, read_body, require_media_type
 
 SV_HEADER = "X-Yjs-State-Vector"  # base64 state vector of the state a response was cut from
 _NO_CACHE = {"Cache-Control": "private, no-cache"}
@@ -67,14 +68,40 @@ async def post_update(request: Request) -> Response:
 
 
 async def get_content(request: Request) -> Response:
-    """The Markdown text (the Y.Text `content`), from the same live state as /state."""
+    """The document as Markdown (see the README's content model), from the same live state as /state."""
+    ctx = context(request)
     access = await authorize_document(request)
-    state = await live.current_state(context(request), access.document_id)
-    text = await asyncio.to_thread(live.text_of, state.update)
+    state = await live.current_state(ctx, access.document_id)
+    text = await ctx.offloop.run(ydoc.markdown_of, state.update, state.doc_type, ctx.store.fields)
     etag = f'"{hashlib.sha256(text.encode()).hexdigest()}"'  # = documents.content_hash once compacted
     if live.if_none_match(request, etag):
         return _not_modified(etag)
     return Response(text, media_type="text/markdown; charset=utf-8", headers={"ETag": etag, **_NO_CACHE})
+
+
+async def put_content(request: Request) -> Response:
+    """Replace the content with Markdown as a minimal edit through the room: connected editors
+    converge, and keep their cursors wherever the text did not change."""
+    ctx = context(request)
+    access = await authorize_document(request, need=WRITE, lookup=False)
+    require_media_type(request, MARKDOWN)
+    raw = await read_body(request, ctx.settings.max_message_bytes)
+    try:
+        source = raw.decode()
+    except UnicodeDecodeError:
+        raise ApiError(400, "the body must be UTF-8 text") from None
+    if ctx.settings.auth == "off":  # a room name: created on first use, as over the WebSocket
+        await ctx.store.ensure_open_document(request.path_params["document_id"])
+    state = await live.current_state(ctx, access.document_id)
+    if state.doc_type == "mindmap":
+        raise ApiError(409, "a mind map's content is its nodes and edges; edit those, not Markdown")
+    editor_mode = await live.editor_mode(ctx, access)
+    update = await ctx.offloop.run(
+        live.markdown_update, state.update, source, state.doc_type, editor_mode, ctx.store.fields
+    )
+    vector = await live.apply(ctx, access, update, live.actor(request, access))
+    encoded = encode_base64(vector)
+    return JSONOut({"document_id": access.document_id, "state_vector": encoded}, headers={SV_HEADER: encoded})
 
 
 _DOC = "/api/documents/{document_id}"
@@ -87,4 +114,6 @@ endpoints = [
              body="binary", errors=(403,)),
     Endpoint("GET", f"{_DOC}/content", get_content, "The document as Markdown", "sync", produces="markdown",
              errors=(304,)),
+    Endpoint("PUT", f"{_DOC}/content", put_content, "Replace the content with Markdown (a minimal edit)", "sync",
+             body="markdown", errors=(403, 409, 413, 415)),
 ]

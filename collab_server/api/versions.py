@@ -8,13 +8,13 @@ lost. The restored state is then recorded as a version of its own.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import asyncpg
 from starlette.requests import Request
 from starlette.responses import Response
 
+from .. import ydoc
 from . import live
 from .access import WRITE, DocumentAccess, authorize_document, context, user_transaction
 from .errors import ApiError
@@ -39,7 +39,7 @@ async def snapshot(request: Request, access: DocumentAccess, description: str | 
     """Record the live state (not the last compaction) as a new version."""
     ctx = context(request)
     state = await live.current_state(ctx, access.document_id)
-    content = await asyncio.to_thread(live.text_of, state.update)
+    content = await ctx.offloop.run(ydoc.markdown_of, state.update, state.doc_type, ctx.store.fields)
     async with user_transaction(ctx, access.user_id) as conn:
         row = await conn.fetchrow(
             f"""
@@ -110,8 +110,8 @@ async def restore_version(request: Request) -> Response:
     async with user_transaction(ctx, access.user_id) as conn:
         old = await _version(conn, access, number, "v.content, v.yjs_state")
     state = await live.current_state(ctx, access.document_id)
-    update = await asyncio.to_thread(
-        live.restore_update, state.update, old["content"], old["yjs_state"], state.doc_type == "mindmap"
+    update = await ctx.offloop.run(
+        live.restore_update, state.update, old["content"], old["yjs_state"], state.doc_type, ctx.store.fields
     )
     vector = await live.apply(ctx, access, update, live.actor(request, access))
     version = await snapshot(request, access, f"restored version {number}")

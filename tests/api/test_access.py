@@ -28,6 +28,7 @@ NEEDS = {
     ("GET", "/api/documents/{document_id}/state-vector"): "read",
     ("POST", "/api/documents/{document_id}/updates"): "write",
     ("GET", "/api/documents/{document_id}/content"): "read",
+    ("PUT", "/api/documents/{document_id}/content"): "write",
     ("GET", "/api/documents/{document_id}/presence"): "read",
     ("GET", "/api/documents/{document_id}/versions"): "read",
     ("POST", "/api/documents/{document_id}/versions"): "write",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pycrdt import Doc, XmlFragment
+
 from .conftest import World, error_of
 
 
@@ -14,8 +16,17 @@ async def test_create_read_update_delete(world: World, db) -> None:  # type: ign
     doc = created.json()
     assert created.headers["location"] == f"/api/documents/{doc['id']}"
     assert doc["type"] == "markdown" and doc["created_by"] == str(world.demo.users["editor"])
-    # The initial content is real Yjs state, readable through the sync routes.
-    assert (await api.get(f"/api/documents/{doc['id']}/content")).text == "# Launch\nthe quick brown fox\n"
+    # The initial content is real Yjs state, readable through the sync routes: a rich-text
+    # document (editor_mode wysiwyg, the default), so the Markdown comes back normalised.
+    assert (await api.get(f"/api/documents/{doc['id']}/content")).text == "# Launch\n\nthe quick brown fox"
+    fragment = Doc()
+    fragment.apply_update((await api.get(f"/api/documents/{doc['id']}/state")).content)
+    assert str(fragment.get("default", type=XmlFragment)) == (
+        '<heading level="1">Launch</heading><paragraph>the quick brown fox</paragraph>')
+    # A source-editor document keeps the text as it is, in the Y.Text `content`.
+    source = (await api.post(f"/api/workspaces/{world.ws}/documents", json={
+        "title": "Notes", "content": "# Launch\nthe quick brown fox\n", "settings": {"editor_mode": "source"}})).json()
+    assert (await api.get(f"/api/documents/{source['id']}/content")).text == "# Launch\nthe quick brown fox\n"
 
     meta = (await world.api("viewer").get(f"/api/documents/{doc['id']}")).json()
     assert meta["title"] == "Launch plan" and meta["role"] == "viewer" and meta["comment_count"] == 0

@@ -7,6 +7,7 @@ from pycrdt import Array, Doc, Text
 
 from collab_server.api import live
 from collab_server.client import YClient
+from collab_server.content import read_markdown
 
 from .conftest import World
 
@@ -77,9 +78,9 @@ async def test_snapshot_list_read_and_restore_with_live_editors(world: World) ->
 def test_restore_update_turns_any_text_into_the_target(old: str, new: str) -> None:
     doc = Doc()
     doc.get("content", type=Text).insert(0, old)
-    update = live.restore_update(doc.get_update(), new, None, False)
+    update = live.restore_update(doc.get_update(), new, None, "markdown")
     doc.apply_update(update)
-    assert str(doc.get("content", type=Text)) == new
+    assert read_markdown(doc, "markdown") == new
 
 
 def test_restore_keeps_concurrent_edits_and_mindmap_structure() -> None:
@@ -90,7 +91,7 @@ def test_restore_keeps_concurrent_edits_and_mindmap_structure() -> None:
     base.get("nodes", type=Array).append({"id": "b"})
     base.get("content", type=Text).insert(4, "TWO\n")
     live_state = base.get_update()
-    update = live.restore_update(live_state, "one\ntwo\nthree\n", version_state, True)
+    update = live.restore_update(live_state, "one\ntwo\nthree\n", version_state, "mindmap")
     # Someone else appends at the same time; the restore merges with it.
     other = Doc()
     other.apply_update(live_state)
