@@ -190,9 +190,13 @@ class NodeClients:
     fine; unsolicited ``{"event": ...}`` lines are appended to ``events``.
     """
 
+    script: Path = CLIENT_SCRIPT  # the JSON-lines program this process runs
+    ping_timeout: float = 30
+
     def __init__(self, *, node: str = "node", env: dict[str, str] | None = None) -> None:
         self._node = node
         self._env = env
+        self.info: dict[str, Any] = {}
         self._proc: asyncio.subprocess.Process | None = None
         self._pending: dict[int, tuple[str, asyncio.Future[dict[str, Any]]]] = {}
         self._next_id = 0
@@ -212,7 +216,7 @@ class NodeClients:
                                    "the real y-websocket client")
         await asyncio.to_thread(ensure_node_modules)
         self._proc = await asyncio.create_subprocess_exec(
-            self._node, str(CLIENT_SCRIPT),
+            self._node, str(self.script),
             cwd=NODE_DIR,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
@@ -227,7 +231,7 @@ class NodeClients:
                                 name="nodeclient-stderr"),
         ]
         try:
-            await self.call("ping", reply_timeout=30)
+            self.info = await self.call("ping", reply_timeout=self.ping_timeout)
         except BaseException:
             await self.close()  # __aexit__ will not run when __aenter__ fails
             raise
