@@ -11,7 +11,7 @@ import * as Y from 'yjs'
 import { WebsocketProvider } from 'y-websocket'
 import * as awarenessProtocol from 'y-protocols/awareness'
 import WebSocket from 'ws'
-import readline from 'node:readline'
+import { CommandError, serveLines } from './jsonlines.mjs'
 
 // Libraries occasionally log with console.log; stdout is reserved for the protocol.
 console.log = (...args) => console.error(...args)
@@ -48,13 +48,6 @@ function jsonReplacer (_key, value) {
 }
 
 const emitEvent = (event, client, data = {}) => write({ event, client, ...data })
-
-class CommandError extends Error {
-  constructor (message, extra = {}) {
-    super(message)
-    this.extra = extra
-  }
-}
 
 /** @param {any} args @return {Client} */
 const getClient = (args) => {
@@ -392,50 +385,7 @@ const commands = {
   }
 }
 
-let shuttingDown = false
-/** Destroy every client, flush stdout, then exit. */
-function shutdown (code) {
-  if (shuttingDown) return
-  shuttingDown = true
-  for (const c of Array.from(clients.values())) {
-    try {
-      destroyClient(c)
-    } catch (err) {
-      console.error('destroy failed', err)
-    }
-  }
-  // Let the reply (and pending close frames) flush before exiting.
-  setTimeout(() => process.stdout.write('', () => process.exit(code)), 50)
-}
-
-const handleLine = async (line) => {
-  if (line.trim() === '') return
-  let msg
-  try {
-    msg = JSON.parse(line)
-  } catch (err) {
-    write({ id: null, ok: false, error: `invalid JSON: ${err.message}` })
-    return
-  }
-  const id = msg.id ?? null
-  const handler = Object.hasOwn(commands, msg.cmd) ? commands[msg.cmd] : undefined
-  if (handler === undefined) {
-    write({ id, ok: false, error: `unknown command ${JSON.stringify(msg.cmd)}` })
-    return
-  }
-  try {
-    const result = (await handler(msg)) ?? {}
-    write({ ...result, id, ok: true })
-  } catch (err) {
-    const extra = err instanceof CommandError ? err.extra : {}
-    if (!(err instanceof CommandError)) console.error(`command ${msg.cmd} failed:`, err)
-    write({ ...extra, id, ok: false, error: String(err?.message ?? err) })
-  }
-}
-
-const rl = readline.createInterface({ input: process.stdin, crlfDelay: Infinity })
-rl.on('line', (line) => { handleLine(line) })
-rl.on('close', () => shutdown(0))
-process.on('SIGTERM', () => shutdown(0))
-process.on('uncaughtException', (err) => console.error('uncaught exception:', err))
-process.on('unhandledRejection', (err) => console.error('unhandled rejection:', err))
+const shutdown = serveLines(commands, {
+  write,
+  closeAll: () => { for (const c of Array.from(clients.values())) destroyClient(c) }
+})

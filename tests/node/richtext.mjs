@@ -61,7 +61,7 @@ import { WebsocketProvider } from 'y-websocket'
 import * as syncProtocol from 'y-protocols/sync'
 import * as encoding from 'lib0/encoding'
 import WebSocket from 'ws'
-import readline from 'node:readline'
+import { CommandError, serveLines } from './jsonlines.mjs'
 import { createRequire } from 'node:module'
 import { pathToFileURL } from 'node:url'
 import { Node as PMNode } from 'prosemirror-model'
@@ -91,12 +91,7 @@ const DEFAULT_TIMEOUT_MS = 10000
 const POLL_MS = 20
 const DEFAULT_FIELD = 'default'
 
-export class CommandError extends Error {
-  constructor (message, extra = {}) {
-    super(message)
-    this.extra = extra
-  }
-}
+export { CommandError }
 
 // -- versions -------------------------------------------------------------------------------------
 
@@ -778,49 +773,10 @@ export const commands = {
 
 const write = (obj) => process.stdout.write(JSON.stringify(obj) + '\n')
 
-let shuttingDown = false
-function shutdown (code) {
-  if (shuttingDown) return
-  shuttingDown = true
-  for (const s of Array.from(sessions.values())) {
-    try {
-      closeSession(s)
-    } catch (err) {
-      console.error('close failed', err)
-    }
-  }
-  setTimeout(() => process.stdout.write('', () => process.exit(code)), 50)
-}
-
-const handleLine = async (line) => {
-  if (line.trim() === '') return
-  let msg
-  try {
-    msg = JSON.parse(line)
-  } catch (err) {
-    write({ id: null, ok: false, error: `invalid JSON: ${err.message}` })
-    return
-  }
-  const id = msg.id ?? null
-  const handler = Object.hasOwn(commands, msg.cmd) ? commands[msg.cmd] : undefined
-  if (handler === undefined) {
-    write({ id, ok: false, error: `unknown command ${JSON.stringify(msg.cmd)}` })
-    return
-  }
-  try {
-    const result = (await handler(msg)) ?? {}
-    write({ ...result, id, ok: true })
-  } catch (err) {
-    const extra = err instanceof CommandError ? err.extra : {}
-    if (!(err instanceof CommandError)) console.error(`command ${msg.cmd} failed:`, err)
-    write({ ...extra, id, ok: false, error: String(err?.message ?? err) })
-  }
-}
-
+let shutdown = () => {}
 if (IS_MAIN) {
-  const rl = readline.createInterface({ input: process.stdin, crlfDelay: Infinity })
-  rl.on('line', (line) => { handleLine(line) })
-  rl.on('close', () => shutdown(0))
-  process.on('SIGTERM', () => shutdown(0))
-  process.on('uncaughtException', (err) => console.error('uncaught exception:', err))
+  shutdown = serveLines(commands, {
+    write,
+    closeAll: () => { for (const s of Array.from(sessions.values())) closeSession(s) }
+  })
 }
