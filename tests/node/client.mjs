@@ -11,7 +11,7 @@ import * as Y from 'yjs'
 import { WebsocketProvider } from 'y-websocket'
 import * as awarenessProtocol from 'y-protocols/awareness'
 import WebSocket from 'ws'
-import { CommandError, serveLines } from './jsonlines.mjs'
+import { CommandError, serveLines, waitUntil } from './jsonlines.mjs'
 
 // Libraries occasionally log with console.log; stdout is reserved for the protocol.
 console.log = (...args) => console.error(...args)
@@ -19,7 +19,6 @@ console.info = (...args) => console.error(...args)
 console.debug = (...args) => console.error(...args)
 
 const DEFAULT_TIMEOUT_MS = 10000
-const POLL_MS = 20
 
 /**
  * @typedef {object} Client
@@ -68,51 +67,6 @@ const wake = (c) => {
     for (const w of Array.from(c.waiters)) w()
   })
 }
-
-/**
- * Resolve once check() returns a non-undefined value, re-checking on every change of the client and on a
- * short poll (belt and braces). Rejects with CommandError(describe()) on timeout or when abort() says so.
- * @template T
- * @param {Client} c
- * @param {() => T | undefined} check
- * @param {number} timeoutMs
- * @param {(timedOut: boolean) => object} describe extra fields for the error reply
- * @param {() => string | null} [abort] returns an error message to stop waiting early
- * @return {Promise<T>}
- */
-const waitUntil = (c, check, timeoutMs, describe, abort = () => null) => new Promise((resolve, reject) => {
-  let done = false
-  const finish = (fn) => {
-    if (done) return
-    done = true
-    clearTimeout(timer)
-    clearInterval(poll)
-    c.waiters.delete(probe)
-    fn()
-  }
-  const probe = () => {
-    if (done) return
-    let v
-    try {
-      v = check()
-    } catch (err) {
-      finish(() => reject(err))
-      return
-    }
-    if (v !== undefined) {
-      finish(() => resolve(v))
-      return
-    }
-    const msg = abort()
-    if (msg !== null) finish(() => reject(new CommandError(msg, describe(false))))
-  }
-  const timer = setTimeout(() => {
-    finish(() => reject(new CommandError(`timeout after ${timeoutMs}ms`, describe(true))))
-  }, timeoutMs)
-  const poll = setInterval(probe, POLL_MS)
-  c.waiters.add(probe)
-  probe()
-})
 
 const timeoutOf = (args) => (typeof args.timeoutMs === 'number' ? args.timeoutMs : DEFAULT_TIMEOUT_MS)
 

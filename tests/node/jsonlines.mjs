@@ -65,3 +65,51 @@ export function serveLines (commands, { write, closeAll }) {
   process.on('unhandledRejection', (err) => console.error('unhandled rejection:', err))
   return shutdown
 }
+
+export const POLL_MS = 20
+
+/**
+ * Resolve once check() returns a non-undefined value, re-checking whenever `owner.waiters` are woken
+ * and every POLL_MS; reject with a CommandError on timeout or as soon as abort() returns a message.
+ * @template T
+ * @param {{waiters: Set<() => void>}} owner
+ * @param {() => T | undefined} check
+ * @param {number} timeoutMs
+ * @param {(timedOut: boolean) => object} describe extra fields for the error reply
+ * @param {() => string | null} [abort]
+ * @param {string} [label] prefixed to the timeout message
+ * @return {Promise<T>}
+ */
+export const waitUntil = (owner, check, timeoutMs, describe, abort = () => null, label = '') => new Promise((resolve, reject) => {
+  let done = false
+  const finish = (fn) => {
+    if (done) return
+    done = true
+    clearTimeout(timer)
+    clearInterval(poll)
+    owner.waiters.delete(probe)
+    fn()
+  }
+  const probe = () => {
+    if (done) return
+    let v
+    try {
+      v = check()
+    } catch (err) {
+      finish(() => reject(err))
+      return
+    }
+    if (v !== undefined) {
+      finish(() => resolve(v))
+      return
+    }
+    const msg = abort()
+    if (msg !== null) finish(() => reject(new CommandError(msg, describe(false))))
+  }
+  const timer = setTimeout(() => {
+    finish(() => reject(new CommandError(`${label ? label + ': ' : ''}timeout after ${timeoutMs}ms`, describe(true))))
+  }, timeoutMs)
+  const poll = setInterval(probe, POLL_MS)
+  owner.waiters.add(probe)
+  probe()
+})

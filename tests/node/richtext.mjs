@@ -61,7 +61,7 @@ import { WebsocketProvider } from 'y-websocket'
 import * as syncProtocol from 'y-protocols/sync'
 import * as encoding from 'lib0/encoding'
 import WebSocket from 'ws'
-import { CommandError, serveLines } from './jsonlines.mjs'
+import { CommandError, serveLines, waitUntil as waitFor } from './jsonlines.mjs'
 import { createRequire } from 'node:module'
 import { pathToFileURL } from 'node:url'
 import { Node as PMNode } from 'prosemirror-model'
@@ -88,7 +88,6 @@ if (IS_MAIN) {
 }
 
 const DEFAULT_TIMEOUT_MS = 10000
-const POLL_MS = 20
 const DEFAULT_FIELD = 'default'
 
 export { CommandError }
@@ -500,40 +499,17 @@ const timeoutOf = (args) => (typeof args.timeoutMs === 'number' ? args.timeoutMs
 
 const wake = (s) => setImmediate(() => { for (const w of Array.from(s.waiters)) w() })
 
-/** Resolve once check() returns non-undefined (re-checked on changes and every POLL_MS); bounded by timeoutMs. */
-const waitUntil = (s, check, timeoutMs, what, describe = () => ({})) => new Promise((resolve, reject) => {
-  let done = false
-  const finish = (fn) => {
-    if (done) return
-    done = true
-    clearTimeout(timer)
-    clearInterval(poll)
-    s.waiters.delete(probe)
-    fn()
-  }
-  const probe = () => {
-    if (done) return
-    try {
-      if (s.terminalClose !== null) {
-        const tc = s.terminalClose
-        finish(() => reject(new CommandError(`${what}: connection closed permanently (code ${tc.code}: ${tc.reason})`, describe())))
-        return
-      }
-      const v = check()
-      if (v !== undefined) finish(() => resolve(v))
-    } catch (err) {
-      finish(() => reject(err))
-    }
-  }
-  const timer = setTimeout(() => {
-    finish(() => reject(new CommandError(`${what}: timeout after ${timeoutMs}ms`, {
-      ...describe(), lastClose: s.lastClose, lastError: s.lastError, wsconnected: s.provider.wsconnected, synced: s.provider.synced
-    })))
-  }, timeoutMs)
-  const poll = setInterval(probe, POLL_MS)
-  s.waiters.add(probe)
-  probe()
-})
+/** waitUntil with this harness's reply details, stopping early when the provider gave up reconnecting. */
+const waitUntil = (s, check, timeoutMs, what, describe = () => ({})) => waitFor(
+  s, check, timeoutMs,
+  (timedOut) => timedOut
+    ? { ...describe(), lastClose: s.lastClose, lastError: s.lastError, wsconnected: s.provider.wsconnected, synced: s.provider.synced }
+    : describe(),
+  () => s.terminalClose === null
+    ? null
+    : `${what}: connection closed permanently (code ${s.terminalClose.code}: ${s.terminalClose.reason})`,
+  what
+)
 
 const openSession = async (name, args) => {
   if (typeof args.url !== 'string' || typeof args.room !== 'string') {
