@@ -845,3 +845,27 @@ async def test_sigterm_closes_clients_with_1001_and_compacts_everything(spawn_se
 
 
 
+
+
+# -- 9. text PostgreSQL cannot store -----------------------------------------------------------
+
+
+async def test_a_nul_character_typed_into_a_document_compacts_and_versions(server, db) -> None:
+    """PostgreSQL `text` refuses NUL: `content` and versions get U+FFFD, the Yjs state keeps the bytes,
+    and compaction keeps working (it used to fail on every retry, leaving yjs_clock at 0)."""
+    name = "nul-typed"
+    document_id = open_document_id(name)
+    client = await YClient(server.ws_url(name)).connect()
+    client.doc.get("content", type=Text).insert(0, "A\x00B")
+    room_text = lambda: str(server.ctx.hub.rooms[document_id].doc.get("content", type=Text))  # noqa: E731
+    await eventually(lambda: document_id in server.ctx.hub.rooms and room_text() == "A\x00B", what="edit arrives")
+    assert await server.ctx.wal.flush(5)
+    result = await server.ctx.store.compact(document_id, snapshot=True)
+    assert result is not None and result.version_number is not None
+    row = await db.fetchrow("SELECT content, yjs_clock, yjs_state FROM documents WHERE id = $1", document_id)
+    assert row["content"] == "A\ufffdB" and row["yjs_clock"] > 0
+    assert text_of(state_of(row["yjs_state"], [])) == "A\x00B"
+    version = await db.fetchval("SELECT content FROM document_versions WHERE document_id = $1", document_id)
+    assert version == "A\ufffdB"
+    assert await pending_rows(db, document_id) == 0
+    await client.close()
