@@ -274,3 +274,12 @@ def test_markdown_writes_reach_exactly_the_target(before: list[str], after: list
     with doc.transaction():
         write_markdown(doc, target, "markdown")
     assert read_markdown(doc, "markdown") == md.to_markdown(md.parse(target, TIPTAP))
+
+
+def test_gfm_without_a_schema_for_it_keeps_the_text() -> None:
+    """prosemirror-markdown's schema has no tables, task items or strike: their text stays."""
+    blocks = md.parse("| a | b |\n| --- | --- |\n| 1 | 2 |\n\n- [x] done\n- [ ] todo\n\n~~gone~~ here", PROSEMIRROR)
+    assert md.to_markdown(blocks, PROSEMIRROR) == "a | b\n\n1 | 2\n\n* \\[x\\] done\n* \\[ \\] todo\n\ngone here"
+    # A Tiptap task marker in an ordered list, or in a list that mixes tasks and plain items, is text too.
+    assert md.to_markdown(md.parse("- [ ] task\n- plain\n\n1. [x] numbered")) == (
+        "* \\[ \\] task\n* plain\n\n1. \\[x\\] numbered")

@@ -16,9 +16,9 @@ from typing import Any
 import orjson
 from pycrdt import XmlElement, XmlFragment, XmlText
 
+from .text import CHAR_DIFF_LIMIT
 from .tree import TEXTBLOCKS, Node, Run, Span, mark_kind, plain
 
-CHAR_DIFF_LIMIT = 4_000_000  # len(a) * len(b) above which a changed text is replaced whole
 # Attributes a Markdown source carries, per kind: a Markdown write compares and sets only these,
 # so attributes Markdown cannot express (a link's target, a cell's colwidth) are left alone.
 SIGNIFICANT = {
@@ -205,8 +205,9 @@ def _element_attrs(node: Node) -> dict[str, Any]:
 
 
 def _fill(element: XmlElement, children: list[Node | Span]) -> None:
-    for child in children:
-        insert(element, len(list(element.children)), child)
+    """Content of an element that is new or was just emptied."""
+    for index, child in enumerate(children):
+        insert(element, index, child)
 
 
 def _fill_text(text: XmlText, span: Span) -> None:
