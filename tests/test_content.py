@@ -283,3 +283,18 @@ def test_gfm_without_a_schema_for_it_keeps_the_text() -> None:
     # A Tiptap task marker in an ordered list, or in a list that mixes tasks and plain items, is text too.
     assert md.to_markdown(md.parse("- [ ] task\n- plain\n\n1. [x] numbered")) == (
         "* \\[ \\] task\n* plain\n\n1. \\[x\\] numbered")
+
+
+def test_offline_copies_are_read_and_edited_as_markdown() -> None:
+    import base64
+
+    from collab_server.offline import ApiClient, OfflineSync
+
+    state = base64.b64encode(fragment_doc(md.parse("# Notes\n\nfirst")).get_update()).decode()
+    sync = OfflineSync.from_json(ApiClient("http://127.0.0.1:9"),
+                                 {"workspace_id": "w", "cursor": "0", "documents": {"d": state}})
+    assert sync.markdown("d") == "# Notes\n\nfirst" and not sync.dirty
+    sync.set_markdown("d", "# Notes\n\nfirst\n\nsecond")
+    assert sync.markdown("d") == "# Notes\n\nfirst\n\nsecond" and sync.dirty == {"d"}
+    assert [c.tag for c in sync.doc("d").get("default", type=XmlFragment).children] == [
+        "heading", "paragraph", "paragraph"]

@@ -14,7 +14,6 @@ from uuid import UUID
 from starlette.requests import Request
 from starlette.responses import Response
 
-from .. import ydoc
 from . import live
 from .access import MANAGE, WRITE, authorize_document, authorize_workspace, context, user_transaction
 from .errors import ApiError
@@ -87,8 +86,8 @@ async def create_document(request: Request) -> Response:
     body.setdefault("type", "markdown")
     ctx = context(request)
     editor_mode = (body.get("settings") or {}).get("editor_mode")
-    state = await ctx.offloop.run(live.initial_state, content, body["type"], editor_mode, ctx.store.fields)
-    content = await ctx.offloop.run(ydoc.markdown_of, state, body["type"], ctx.store.fields) if content else content
+    state, content = await ctx.offloop.run(live.initial_document, content, body["type"], editor_mode,
+                                           ctx.store.fields)
     # Only the columns given, so the others keep their schema defaults (metadata, settings).
     values: dict[str, Any] = {**body, "content": content, "yjs_state": state, "workspace_id": access.workspace_id,
                               "created_by": access.user_id, "updated_by": access.user_id}

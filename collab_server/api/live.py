@@ -18,10 +18,11 @@ from uuid import UUID
 from pycrdt import Doc, TransactionEvent
 
 from ..connection import ClientInfo
-from ..content import copy_content, write_markdown
+from ..content import copy_content, read_markdown, write_markdown
 from ..content.model import RICH_TEXT_FIELDS
 from ..hub import RoomUnavailable
 from ..protocol import CloseCode, ProtocolError
+from ..sanitize import storable_text
 from .access import DocumentAccess, device_header
 from .errors import ApiError
 
@@ -80,14 +81,15 @@ def cut(update: bytes, peer_vector: bytes | None) -> tuple[bytes, bytes]:
     return doc.get_state(), doc.get_update(peer_vector)
 
 
-def initial_state(content: str, doc_type: str, editor_mode: str | None,
-                  fields: Sequence[str] = RICH_TEXT_FIELDS) -> bytes:
-    """A new document's state holding `content` (Markdown) in the structure its editor uses."""
+def initial_document(content: str, doc_type: str, editor_mode: str | None,
+                     fields: Sequence[str] = RICH_TEXT_FIELDS) -> tuple[bytes, str]:
+    """A new document's state holding `content` (Markdown) in the structure its editor uses, and
+    that content as the server reads it back (normalised for a rich-text document)."""
     doc = Doc()
     if content and doc_type != "mindmap":
         with doc.transaction():
             write_markdown(doc, content, doc_type, editor_mode=editor_mode, fields=fields)
-    return doc.get_update()
+    return doc.get_update(), storable_text(read_markdown(doc, doc_type, fields)) if content else ""
 
 
 def if_none_match(request: Request, etag: str) -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from typing import TYPE_CHECKING
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -19,12 +20,21 @@ from .errors import ApiError
 from .openapi import Endpoint
 from .payload import MARKDOWN, OCTET_STREAM, JSONOut, Param, decode_base64, encode_base64, read_body, require_media_type
 
+if TYPE_CHECKING:
+    from ..app import AppContext
+
 SV_HEADER = "X-Yjs-State-Vector"  # base64 state vector of the state a response was cut from
 _NO_CACHE = {"Cache-Control": "private, no-cache"}
 
 
 def _not_modified(etag: str) -> Response:
     return Response(status_code=304, headers={"ETag": etag, **_NO_CACHE})
+
+
+async def _ensure_open_document(ctx: AppContext, request: Request) -> None:
+    """Open mode: the path names a room, created on first write as over the WebSocket."""
+    if ctx.settings.auth == "off":
+        await ctx.store.ensure_open_document(request.path_params["document_id"])
 
 
 async def get_state(request: Request) -> Response:
@@ -60,8 +70,7 @@ async def post_update(request: Request) -> Response:
     update = await read_body(request, ctx.settings.max_message_bytes)
     if not update:
         raise ApiError(400, "the body must be a Yjs update")
-    if ctx.settings.auth == "off":  # a room name: created on first use, as over the WebSocket
-        await ctx.store.ensure_open_document(request.path_params["document_id"])
+    await _ensure_open_document(ctx, request)
     vector = await live.apply(ctx, access, update, live.actor(request, access))
     encoded = encode_base64(vector)
     return JSONOut({"document_id": access.document_id, "state_vector": encoded}, headers={SV_HEADER: encoded})
@@ -90,8 +99,7 @@ async def put_content(request: Request) -> Response:
         source = raw.decode()
     except UnicodeDecodeError:
         raise ApiError(400, "the body must be UTF-8 text") from None
-    if ctx.settings.auth == "off":  # a room name: created on first use, as over the WebSocket
-        await ctx.store.ensure_open_document(request.path_params["document_id"])
+    await _ensure_open_document(ctx, request)
     state = await live.current_state(ctx, access.document_id)
     if state.doc_type == "mindmap":
         raise ApiError(409, "a mind map's content is its nodes and edges; edit those, not Markdown")

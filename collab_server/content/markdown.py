@@ -483,7 +483,7 @@ class _Builder:
                 return self.node("task_item", {"checked": checked})
             return self.node("list_item")
         if t == "table_open":
-            return self.node("table") if self.d.node("table") else self.node("paragraph_group")
+            return self.node("table")
         if t == "tr_open":
             return self.node("table_row")
         if t in ("th_open", "td_open"):
@@ -574,7 +574,7 @@ class _Builder:
                 block.children = list(self.finish(block.children)) or [self.node("paragraph")]
             elif kind not in ("paragraph", "heading", "code_block"):
                 block.children = list(self.finish(block.children))
-            if block.type == "paragraph_group":  # a table in a schema without tables: rows as paragraphs
+            if kind == "table" and not self.d.node("table"):  # a schema without tables: rows as paragraphs
                 out.extend(self._table_as_paragraphs(block))
             elif kind == "paragraph" and self.d.block_images and any(
                 isinstance(c, Node) and c.kind == "image" for c in block.children
