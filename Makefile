@@ -44,7 +44,7 @@ bench: install node
 
 ## Drive a running server: make loadtest ARGS="--url ws://127.0.0.1:8080/ws --rate 4000 --mix typing,cursor"
 loadtest: install
-	$(VENV)/bin/collab-server loadtest $(ARGS)
+	$(VENV)/bin/collab-loadtest $(ARGS)
 
 clean:
 	rm -rf $(VENV) .collab tests/node/node_modules

@@ -33,13 +33,13 @@ from typing import Any
 
 from pycrdt import Text
 
-from collab_server import db as dbmod
 from collab_server.client import YClient
 from collab_server.config import Settings
-from collab_server.migrate import migrate
-from collab_server.services import Services, start_services
-from collab_server.store import open_document_id
-from collab_server.ydoc import state_of
+from collab_server.runtime.services import Services, start_services
+from collab_server.storage import db as dbmod
+from collab_server.storage.migrate import migrate
+from collab_server.storage.postgres import open_document_id
+from collab_server.storage.ydoc import state_of
 
 ROOT = Path(__file__).resolve().parent.parent
 MAX_KILLS = 200

@@ -20,11 +20,11 @@ from pathlib import Path
 
 from pycrdt import Doc, Text
 
-from collab_server import db
-from collab_server.embedded import EmbeddedPostgres
-from collab_server.migrate import migrate
-from collab_server.room import Room
-from collab_server.store import DocumentStore
+from collab_server.core.room import Room
+from collab_server.runtime.embedded import EmbeddedPostgres
+from collab_server.storage import db
+from collab_server.storage.migrate import migrate
+from collab_server.storage.postgres import DocumentStore
 
 
 async def run(url: str, updates: int, runs: int) -> None:

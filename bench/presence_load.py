@@ -19,8 +19,8 @@ import redis
 import websockets
 
 from bench.servers import our_server
-from collab_server.awareness import encode_entries
-from collab_server.protocol import encode_awareness, encode_sync_step1
+from collab_server.core.awareness import encode_entries
+from collab_server.core.protocol import encode_awareness, encode_sync_step1
 
 
 def total_commands(client: redis.Redis) -> int:

@@ -31,9 +31,9 @@ import httpx
 import psutil
 from pycrdt import Doc, XmlFragment, XmlText
 
-from collab_server import ydoc
 from collab_server.client import YClient
 from collab_server.content import read_markdown, write_markdown
+from collab_server.storage import ydoc
 
 from .servers import cpus, our_server, pin_prefix
 
@@ -143,7 +143,7 @@ async def relay_run(server: Any, rate: float, duration: float, load_cpu: int | N
                                 headers={"Content-Type": "text/markdown"})
             put.raise_for_status()
         editor = asyncio.create_task(edit_big_document(server.ws_url, name, stop))
-    cmd = [*pin_prefix(load_cpu), sys.executable, "-m", "collab_server", "loadtest", "--url", server.ws_url,
+    cmd = [*pin_prefix(load_cpu), sys.executable, "-m", "loadtest", "--url", server.ws_url,
            "--rate", str(rate), "--duration", str(duration), "--documents", "50", "--clients", "4",
            "--mix", "typing", "--json", "--no-progress"]
     proc = await asyncio.create_subprocess_exec(*cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from bench.servers import ROOT, Backing, OurServer, RefServer, ServerBase, cpus
-from collab_server.loadtest import (
+from loadtest import (
     LoadConfig,
     close_all,
     cold_rooms,

@@ -96,7 +96,7 @@ class Backing:
     notes: list[str] = field(default_factory=list)
 
     def start(self) -> Backing:
-        from collab_server.embedded import EmbeddedPostgres, EmbeddedRedis
+        from collab_server.runtime.embedded import EmbeddedPostgres, EmbeddedRedis
 
         self.database_url = os.environ.get("DATABASE_URL", "")
         self.redis_url = os.environ.get("REDIS_URL", "")

@@ -1,3 +1,3 @@
-from .cli import main
+from collab_server.runtime.cli import main
 
 main()

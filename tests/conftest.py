@@ -25,12 +25,13 @@ import pytest
 import redis.asyncio as aioredis
 from hypothesis import settings as hypothesis_settings
 
-from collab_server import db as dbmod
-from collab_server.app import AppContext, create_app
 from collab_server.config import Settings
-from collab_server.embedded import EmbeddedPostgres, EmbeddedRedis
-from collab_server.migrate import migrate
-from collab_server.server import CollabServer, bind, uvicorn_config
+from collab_server.context import AppContext
+from collab_server.runtime.app import create_app
+from collab_server.runtime.embedded import EmbeddedPostgres, EmbeddedRedis
+from collab_server.runtime.server import CollabServer, bind, uvicorn_config
+from collab_server.storage import db as dbmod
+from collab_server.storage.migrate import migrate
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_PG_OPTIONS = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}

@@ -18,10 +18,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from pycrdt import Doc, Text
 
-from collab_server.auth import AccessResolver, as_user
+from collab_server.access.auth import AccessResolver, as_user
 from collab_server.client import YClient
-from collab_server.demo import create_demo
-from collab_server.protocol import encode_sync_step1
+from collab_server.core.protocol import encode_sync_step1
+from collab_server.runtime.demo import create_demo
 
 SECRET = "test-secret-test-secret-test-secret"
 
@@ -78,7 +78,7 @@ async def test_editor_writes_readers_read_live_but_cannot_write(auth_server, db)
     await again.wait_for(lambda: again.permission_denied is not None)
     await asyncio.sleep(0.3)
     assert await text_of(editor) == "from the editor!"
-    room = auth_server.ctx.hub.rooms[demo.documents[0]]
+    room = auth_server.ctx.hub.get(demo.documents[0])
     assert str(room.doc.get("content", type=Text)) == "from the editor!"
     for c in (editor, commenter, again):
         await c.close()
@@ -139,7 +139,7 @@ async def test_revocation_and_downgrade_reach_open_connections(auth_server, db) 
     await db.execute(
         "UPDATE workspace_members SET role = 'viewer' WHERE user_id = $1", demo.users["editor"]
     )
-    room = auth_server.ctx.hub.rooms[demo.documents[0]]
+    room = auth_server.ctx.hub.get(demo.documents[0])
     started = time.monotonic()
     await editor.wait_for(lambda: all(c.info.role == "viewer" for c in room.connections), timeout=5)
     editor.doc.get("content", type=Text).insert(0, "after downgrade")
@@ -188,7 +188,7 @@ async def test_connection_rate_limit_per_address(make_server) -> None:
 async def test_tokens_never_reach_the_logs(auth_server, db, caplog) -> None:
     demo = await setup_demo(db, auth_server)
     caplog.set_level("DEBUG")
-    from collab_server.logs import JsonFormatter
+    from collab_server.runtime.logs import JsonFormatter
 
     client = await YClient(url(auth_server, demo, "editor")).connect()
     await client.close()
@@ -264,6 +264,6 @@ async def test_open_mode_creates_documents_from_room_names(server, db) -> None:
     async with YClient(server.ws_url("my%20notes"), doc=doc) as client:
         client.doc.get("content", type=Text).insert(0, "x")
         await asyncio.sleep(0.05)
-    from collab_server.store import open_document_id
+    from collab_server.storage.postgres import open_document_id
 
     assert await db.fetchval("SELECT title FROM documents WHERE id = $1", open_document_id("my notes")) == "my notes"

@@ -7,7 +7,7 @@ from pathlib import Path
 from pycrdt import Doc, Map, Text
 
 from collab_server.client import YClient
-from collab_server.embedded import EmbeddedRedis
+from collab_server.runtime.embedded import EmbeddedRedis
 from tests.conftest import RunningServer, make_settings
 
 

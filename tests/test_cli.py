@@ -24,7 +24,7 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) 
     )
 
 
-@pytest.mark.parametrize("command", ["serve", "migrate", "demo", "token", "loadtest"])
+@pytest.mark.parametrize("command", ["serve", "migrate", "demo", "token"])
 def test_every_command_has_help(command: str) -> None:
     result = run_cli(command, "--help")
     assert result.returncode == 0

@@ -10,10 +10,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pycrdt import Array, Doc, Text, XmlElement, XmlFragment, XmlText
 
-from collab_server import ydoc
 from collab_server.content import copy_content, read_markdown, write_markdown, yxml
 from collab_server.content import markdown as md
 from collab_server.content.tree import PROSEMIRROR, TIPTAP, Node, Run, Span
+from collab_server.storage import ydoc
 
 # Markdown in the serialiser's own form: each must come back byte for byte after
 # Markdown -> tree -> Y.XmlFragment -> tree -> Markdown.
@@ -288,7 +288,7 @@ def test_gfm_without_a_schema_for_it_keeps_the_text() -> None:
 def test_offline_copies_are_read_and_edited_as_markdown() -> None:
     import base64
 
-    from collab_server.offline import ApiClient, OfflineSync
+    from collab_server.client import ApiClient, OfflineSync
 
     state = base64.b64encode(fragment_doc(md.parse("# Notes\n\nfirst")).get_update()).decode()
     sync = OfflineSync.from_json(ApiClient("http://127.0.0.1:9"),

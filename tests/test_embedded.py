@@ -9,7 +9,7 @@ import psutil
 import pytest
 import redis
 
-from collab_server.embedded import EmbeddedError, EmbeddedPostgres, EmbeddedRedis
+from collab_server.runtime.embedded import EmbeddedError, EmbeddedPostgres, EmbeddedRedis
 
 
 def test_redis_restart_after_kill_recovers_stale_pid(tmp_path: Path) -> None:

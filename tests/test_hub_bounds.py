@@ -27,11 +27,10 @@ import pytest
 import websockets
 from pycrdt import Doc, Text
 
-from collab_server.awareness import encode_entries
 from collab_server.client import YClient
-from collab_server.metrics import METRICS
-from collab_server.protocol import encode_awareness, encode_sync_step1, encode_update
-from collab_server.store import open_document_id
+from collab_server.core.awareness import encode_entries
+from collab_server.core.protocol import encode_awareness, encode_sync_step1, encode_update
+from collab_server.storage.postgres import open_document_id
 
 INITIAL = "intact text: ünïcødé 漢字 😀"
 
@@ -54,11 +53,11 @@ def text_of(client: YClient) -> str:
 
 
 def server_text(server: Any, name: str) -> str:
-    return str(server.ctx.hub.rooms[open_document_id(name)].doc.get("content", type=Text))
+    return str(server.ctx.hub.get(open_document_id(name)).doc.get("content", type=Text))
 
 
 def room_of(server: Any, name: str) -> Any:
-    return server.ctx.hub.rooms[open_document_id(name)]
+    return server.ctx.hub.get(open_document_id(name))
 
 
 def foreign_update(text: str) -> bytes:
@@ -284,7 +283,7 @@ async def test_oversized_frame_closes_1009_and_room_carries_on(make_server) -> N
 
 async def test_awareness_entry_with_invalid_json_is_dropped_not_relayed(server) -> None:
     async with peers(server, "aw-json") as p:
-        dropped_before = METRICS.counters.get("collab_awareness_dropped_total", 0)
+        dropped_before = server.ctx.counters.get("collab_awareness_dropped_total")
         good = orjson.dumps({"user": "good", "cursor": 3})
         payload = encode_entries([(1111, 1, good), (2222, 1, b'{"user": "bad", '), (3333, 1, b"\xff\xfe")])
         async with websockets.connect(server.ws_url("aw-json"), max_size=None, compression=None) as ws:
@@ -293,7 +292,7 @@ async def test_awareness_entry_with_invalid_json_is_dropped_not_relayed(server) 
             assert p.reader.remote_awareness[1111] == {"user": "good", "cursor": 3}
             await asyncio.sleep(0.2)
             assert 2222 not in p.reader.remote_awareness and 3333 not in p.reader.remote_awareness
-            assert METRICS.counters.get("collab_awareness_dropped_total", 0) - dropped_before == 2
+            assert server.ctx.counters.get("collab_awareness_dropped_total") - dropped_before == 2
             # The sender stays connected and can still edit.
             await ws.send(encode_update(foreign_update("[aw-sender]")))
             await p.reader.wait_for(lambda: "[aw-sender]" in text_of(p.reader))
@@ -372,8 +371,8 @@ async def _flood_until_cut_off(writer: YClient, room: Any, victims: int) -> int:
 
 async def test_non_reading_client_is_cut_off_while_readers_get_everything(make_server) -> None:
     server = await make_server(send_queue_bytes=256 * 1024)
-    overflows_before = METRICS.counters.get("collab_send_queue_overflows_total", 0)
-    closed_before = METRICS.labelled.get(("collab_connections_closed_total", "code", "1013"), 0)
+    overflows_before = server.ctx.counters.get("collab_send_queue_overflows_total")
+    closed_before = server.ctx.counters.get("collab_connections_closed_total", ("code", "1013"))
     writer = await YClient(server.ws_url("flood")).connect()
     reader = await YClient(server.ws_url("flood")).connect()
     stalled = await raw_upgrade(server.port, "/ws/flood", rcvbuf=4096)
@@ -388,7 +387,7 @@ async def test_non_reading_client_is_cut_off_while_readers_get_everything(make_s
         assert victim.close_code == 1013 and "send queue full" in victim.close_reason
         assert victim.queued_bytes == 0  # its queue was released
         assert time.monotonic() - started < 10
-        assert METRICS.counters.get("collab_send_queue_overflows_total", 0) - overflows_before == 1
+        assert server.ctx.counters.get("collab_send_queue_overflows_total") - overflows_before == 1
         # The reader got every single update, in full.
         await reader.wait_for(lambda: len(text_of(reader)) == sent, timeout=15)
         assert text_of(reader) == "z" * sent
@@ -399,7 +398,7 @@ async def test_non_reading_client_is_cut_off_while_readers_get_everything(make_s
         assert frames and frames[0][:2] == b"\x00\x00"  # the server's sync step 1 came first
         assert (code, reason) == (1013, "send queue full: the client is not reading")
         await wait_until(
-            lambda: METRICS.labelled.get(("collab_connections_closed_total", "code", "1013"), 0) > closed_before,
+            lambda: server.ctx.counters.get("collab_connections_closed_total", ("code", "1013")) > closed_before,
             within=2, what="1013 close counted",
         )
     finally:
@@ -444,23 +443,23 @@ async def test_max_rooms_refuses_a_third_room(make_server) -> None:
     a = await YClient(server.ws_url("room-a")).connect()
     b = await YClient(server.ws_url("room-b")).connect()
     try:
-        assert len(hub.rooms) == 2
+        assert hub.room_count == 2
         async with websockets.connect(server.ws_url("room-c"), max_size=None, compression=None) as ws:
             with pytest.raises(websockets.ConnectionClosed):
                 await asyncio.wait_for(ws.recv(), 5)
             assert ws.close_code == 1013
             assert "room limit" in (ws.close_reason or "")
-        assert len(hub.rooms) == 2 and hub.connections == 2
-        assert open_document_id("room-c") not in hub.rooms
+        assert hub.room_count == 2 and hub.connections == 2
+        assert hub.get(open_document_id("room-c")) is None
         # The refused client is not half-registered; an existing room still accepts newcomers.
         a2 = await YClient(server.ws_url("room-a")).connect()
         a2.doc.get("content", type=Text).insert(0, "still open")
         await a.wait_for(lambda: text_of(a) == "still open")
         # Once a room is unloaded (its last client left + 0.5 s grace) the third room opens.
         await b.close()
-        await wait_until(lambda: len(hub.rooms) == 1, within=3, what="room-b unloaded")
+        await wait_until(lambda: hub.room_count == 1, within=3, what="room-b unloaded")
         c = await YClient(server.ws_url("room-c")).connect()
-        assert len(hub.rooms) == 2
+        assert hub.room_count == 2
         a2.abort()
         c.abort()
     finally:
@@ -481,7 +480,7 @@ async def test_max_connections_refuses_a_third_connection(make_server) -> None:
                 assert ws.close_code == 1013
                 assert "connection limit" in (ws.close_reason or "")
         assert hub.connections == 2
-        assert open_document_id("conn-c") not in hub.rooms
+        assert hub.get(open_document_id("conn-c")) is None
         a.doc.get("content", type=Text).insert(0, "a works")
         await wait_until(lambda: server_text(server, "conn-a") == "a works", what="a still edits")
         # A freed slot is usable again.

@@ -15,10 +15,10 @@ import orjson
 import websockets
 from pycrdt import Map, Text
 
-from collab_server.awareness import decode_entries, encode_entries
 from collab_server.client import YClient
-from collab_server.protocol import Kind, decode, encode_awareness, encode_sync_step1
-from collab_server.store import open_document_id
+from collab_server.core.awareness import decode_entries, encode_entries
+from collab_server.core.protocol import Kind, decode, encode_awareness, encode_sync_step1
+from collab_server.storage.postgres import open_document_id
 
 try:  # tests/ without __init__.py (rootdir-relative "prepend" import mode) ...
     from nodeclient import ClientHandle, NodeClients, ensure_node_modules
@@ -44,7 +44,7 @@ async def node_clients() -> NodeClients:
 
 
 def server_room(server: Any, name: str) -> Any:
-    return server.ctx.hub.rooms[open_document_id(name)]
+    return server.ctx.hub.get(open_document_id(name))
 
 
 def room_text(server: Any, name: str) -> str:
@@ -282,7 +282,7 @@ async def test_fifty_rooms_two_clients_each_no_cross_talk(server) -> None:
         for i, (a, b) in enumerate(pairs):
             assert await a.text() == await b.text() == texts[i]
             assert room_text(server, rooms[i]) == texts[i]
-        assert len(server.ctx.hub.rooms) == 50
+        assert server.ctx.hub.room_count == 50
         assert server.ctx.hub.connections == 100
 
 

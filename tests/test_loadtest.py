@@ -11,7 +11,7 @@ import orjson
 import pytest
 from pycrdt import Doc, Text
 
-from collab_server.loadtest import (
+from loadtest import (
     LatencyStats,
     LoadConfig,
     LoadTestError,
@@ -36,7 +36,7 @@ def small(url: str, **kw: object) -> LoadConfig:
 
 
 def assert_clean(result: object) -> None:
-    from collab_server.loadtest import LoadResult
+    from loadtest import LoadResult
 
     assert isinstance(result, LoadResult)
     assert result.aborted is None, result.aborted
@@ -102,7 +102,7 @@ async def test_loadtest_against_the_reference_server() -> None:
 @pytest.mark.timeout(90)
 async def test_cli_prints_one_json_object(server: RunningServer) -> None:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "collab_server", "loadtest", "--json", "--url", server.ws_base,
+        sys.executable, "-m", "loadtest", "--json", "--url", server.ws_base,
         "--documents", "2", "--clients", "3", "--rate", "30", "--duration", "1.5", "--drain", "2",
         "--mix", "typing,cursor", "--param", "client_version=lt", "--max-seconds", "60",
         cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
@@ -126,7 +126,7 @@ async def test_cli_prints_one_json_object(server: RunningServer) -> None:
 
 async def test_cli_refuses_remote_targets() -> None:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "collab_server", "loadtest", "--url", "ws://192.0.2.1:8080/ws",
+        sys.executable, "-m", "loadtest", "--url", "ws://192.0.2.1:8080/ws",
         cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
     stdout, stderr = await asyncio.wait_for(proc.communicate(), 30)

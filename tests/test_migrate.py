@@ -4,8 +4,8 @@ import asyncio
 
 import asyncpg
 
-from collab_server import db as dbmod
-from collab_server.migrate import discover, migrate
+from collab_server.storage import db as dbmod
+from collab_server.storage.migrate import discover, migrate
 
 
 async def test_template_has_every_migration_recorded(db: asyncpg.Connection) -> None:

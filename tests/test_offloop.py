@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from pycrdt import Doc, Text
 
-from collab_server import ydoc
-from collab_server.offloop import OffLoop
+from collab_server.storage import ydoc
+from collab_server.storage.offloop import OffLoop
 
 
 def die_once(flag: str) -> str:

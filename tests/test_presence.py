@@ -9,9 +9,9 @@ import pytest
 import redis.asyncio as aioredis
 
 from collab_server.client import YClient
-from collab_server.embedded import EmbeddedRedis
-from collab_server.presence import Presence, fields_from_awareness, index_key, record_key
-from collab_server.store import open_document_id
+from collab_server.cluster.presence import Presence, fields_from_awareness, index_key, record_key
+from collab_server.runtime.embedded import EmbeddedRedis
+from collab_server.storage.postgres import open_document_id
 from tests.conftest import RunningServer, make_settings
 
 

@@ -31,7 +31,7 @@ from typing import Any
 import httpx
 import pytest
 
-from collab_server.store import open_document_id
+from collab_server.storage.postgres import open_document_id
 
 try:  # tests/ without __init__.py (rootdir-relative "prepend" import mode) ...
     from nodeclient import NODE_DIR, RefServer, node_available

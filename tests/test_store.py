@@ -32,15 +32,15 @@ import orjson
 import pytest
 from pycrdt import Doc, Map, Text
 
-from collab_server import db as dbmod
-from collab_server import embedded
 from collab_server.client import YClient
-from collab_server.embedded import EmbeddedPostgres
-from collab_server.hub import RoomUnavailable
-from collab_server.migrate import migrate
-from collab_server.protocol import CloseCode, read_varuint
-from collab_server.store import LOCAL_USER_ID, open_document_id
-from collab_server.ydoc import state_of
+from collab_server.core.hub import RoomUnavailable
+from collab_server.core.protocol import CloseCode, read_varuint
+from collab_server.runtime import embedded
+from collab_server.runtime.embedded import EmbeddedPostgres
+from collab_server.storage import db as dbmod
+from collab_server.storage.migrate import migrate
+from collab_server.storage.postgres import LOCAL_USER_ID, open_document_id
+from collab_server.storage.ydoc import state_of
 from tests.conftest import RunningServer, make_settings
 
 TAG = re.compile(r"[A-Za-z]+\d+(?:\.\d+)?;")
@@ -437,7 +437,7 @@ async def test_full_backlog_refuses_edits_with_1013_and_keeps_what_it_accepted(
         # What the server took is a prefix of what was sent; the rest was refused, visibly.
         assert list(accepted) == typist.order[: len(accepted)]
         assert not observer.closed.is_set()
-        room = server.ctx.hub.rooms[document_id]
+        room = server.ctx.hub.get(document_id)
 
         await asyncio.to_thread(private_pg.restart_same_port)
         await eventually(
@@ -484,7 +484,7 @@ async def test_outage_backlog_larger_than_one_compaction_chunk_is_stored(
         client = await YClient(f"{server.ws_base}/{name}").connect()
         text = client.doc.get("content", type=Text)
         await asyncio.to_thread(private_pg.stop, "immediate")
-        room = server.ctx.hub.rooms[document_id]
+        room = server.ctx.hub.get(document_id)
         for i in range(20_500):
             text.insert(len(text), "abcdefghijklmnopqrstuvwxyz"[i % 26])
             if i % 250 == 249:
@@ -540,7 +540,7 @@ async def type_then_compact(server: Any, db: asyncpg.Connection, name: str) -> t
         await asyncio.sleep(0.0005)
         del text[len(text) - 1]
         await asyncio.sleep(0.0005)
-    room = ctx.hub.rooms[document_id]
+    room = ctx.hub.get(document_id)
     await eventually(lambda: str(room.doc.get("content", type=Text)) == str(text), what="server has every keystroke")
     assert await ctx.wal.flush(5)
     assert [r["op"] for r in await log_rows(db, document_id)] == ["create"], "keystrokes must not write sync_log"
@@ -577,7 +577,7 @@ async def test_one_sync_log_row_per_compaction_with_a_small_summary(make_server,
 
     # The room unloading afterwards has nothing left to merge: still one update row.
     await client.close()
-    await eventually(lambda: document_id not in ctx.hub.rooms and not ctx.hub._unloading, what="unload")
+    await eventually(lambda: ctx.hub.get(document_id) is None and not ctx.hub.is_unloading(document_id), what="unload")
     assert [r["op"] for r in await log_rows(db, document_id)] == ["create", "update"]
 
     # A 1 MiB document: the summary stays small, content and hash are right (non-ASCII included).
@@ -590,7 +590,7 @@ async def test_one_sync_log_row_per_compaction_with_a_small_summary(make_server,
         big_text.insert(len(big_text), chunk)
     expected = str(big_text)
     assert len(expected) > 1024 * 1024 - 1000
-    await eventually(lambda: str(ctx.hub.rooms[big_id].doc.get("content", type=Text)) == expected, timeout=20,
+    await eventually(lambda: str(ctx.hub.get(big_id).doc.get("content", type=Text)) == expected, timeout=20,
                      what="server has the big document")
     assert await ctx.wal.flush(10)
     await ctx.store.compact(big_id)
@@ -616,7 +616,7 @@ async def test_sync_log_summary_counts_characters_added_and_removed(make_server,
     text = client.doc.get("content", type=Text)
     del text[0:5]
     text.insert(0, "XY")
-    room = server.ctx.hub.rooms[document_id]
+    room = server.ctx.hub.get(document_id)
     await eventually(lambda: str(room.doc.get("content", type=Text)) == str(text), what="server has the edit")
     assert await server.ctx.wal.flush(5)
     await server.ctx.store.compact(document_id)
@@ -699,7 +699,7 @@ async def test_load_merges_yjs_state_and_pending_rows(server, db) -> None:
     assert state_vector(client.doc) == state_vector(author)
     await client.close()
     # Unloading merges the pending rows into yjs_state.
-    await eventually(lambda: document_id not in ctx.hub.rooms and not ctx.hub._unloading, what="unload")
+    await eventually(lambda: ctx.hub.get(document_id) is None and not ctx.hub.is_unloading(document_id), what="unload")
     assert await pending_rows(db, document_id) == 0
     state = await db.fetchval("SELECT yjs_state FROM documents WHERE id = $1", document_id)
     assert text_of(state_of(state, [])) == "Hello world"
@@ -712,20 +712,24 @@ async def test_load_merges_yjs_state_and_pending_rows(server, db) -> None:
     assert str(room.doc.get("content", type=Text)) == "Hello world"
 
 
+def _unloaded(hub: Any, document_id: uuid.UUID) -> bool:
+    return hub.get(document_id) is None and not hub.is_unloading(document_id)
+
+
 async def test_missing_or_deleted_document_is_refused_and_leaves_no_room(server, db) -> None:
     hub = server.ctx.hub
     missing = uuid.uuid4()
     with pytest.raises(RoomUnavailable) as refused:
         await hub.open_room(missing)
     assert refused.value.code == CloseCode.NOT_FOUND == 4404
-    assert missing not in hub.rooms and missing not in hub._loading
+    assert hub.get(missing) is None and not hub.is_loading(missing)
 
     document_id = await server.ctx.store.ensure_open_document("soft-deleted")
     await db.execute("UPDATE documents SET deleted = true WHERE id = $1", document_id)
     with pytest.raises(RoomUnavailable) as refused:
         await hub.open_room(document_id)
     assert refused.value.code == 4404
-    assert document_id not in hub.rooms and document_id not in hub._loading
+    assert hub.get(document_id) is None and not hub.is_loading(document_id)
 
     # Over the WebSocket the same refusal is the close code 4404.
     client = YClient(server.ws_url("soft-deleted"))
@@ -733,13 +737,13 @@ async def test_missing_or_deleted_document_is_refused_and_leaves_no_room(server,
     await client.wait_closed()
     assert client.close_code == 4404
     assert not client.synced.is_set()
-    assert document_id not in hub.rooms
+    assert hub.get(document_id) is None
 
     # Nothing cached the failure: once undeleted, the document opens.
     await db.execute("UPDATE documents SET deleted = false WHERE id = $1", document_id)
     async with YClient(server.ws_url("soft-deleted")) as again:
         assert again.synced.is_set()
-        assert document_id in hub.rooms
+        assert hub.get(document_id) is not None
 
 
 # -- 8. versions ---------------------------------------------------------------------------
@@ -751,11 +755,12 @@ async def _session(server: Any, name: str, typed: str) -> None:
     for ch in typed:
         text.insert(len(text), ch)
     if typed:
-        room = server.ctx.hub.rooms[open_document_id(name)]
+        room = server.ctx.hub.get(open_document_id(name))
         await eventually(lambda: str(room.doc.get("content", type=Text)).endswith(typed), what="edits arriving")
     await client.close()
     hub = server.ctx.hub
-    await eventually(lambda: open_document_id(name) not in hub.rooms and not hub._unloading, what="unload")
+    gone = open_document_id(name)
+    await eventually(lambda: hub.get(gone) is None and not hub.is_unloading(gone), what="unload")
 
 
 async def _versions(db: asyncpg.Connection, document_id: uuid.UUID) -> list[tuple[int, str, str]]:
@@ -792,8 +797,7 @@ async def test_unload_after_edits_writes_a_version_even_if_already_compacted(mak
         expected = "one two"[: len("one") if session == 1 else None]
         await eventually(partial(_compacted, db, document_id, expected), what="sweeper compaction")
         await client.close()
-        await eventually(lambda: document_id not in server.ctx.hub.rooms and not server.ctx.hub._unloading,
-                         what="unload")
+        await eventually(partial(_unloaded, server.ctx.hub, document_id), what="unload")
         versions = await _versions(db, document_id)
         assert len(versions) == session, f"session {session} left versions {versions}"
     assert await _versions(db, document_id) == [(1, "one", "one"), (2, "one two", "one two")]
@@ -857,8 +861,9 @@ async def test_a_nul_character_typed_into_a_document_compacts_and_versions(serve
     document_id = open_document_id(name)
     client = await YClient(server.ws_url(name)).connect()
     client.doc.get("content", type=Text).insert(0, "A\x00B")
-    room_text = lambda: str(server.ctx.hub.rooms[document_id].doc.get("content", type=Text))  # noqa: E731
-    await eventually(lambda: document_id in server.ctx.hub.rooms and room_text() == "A\x00B", what="edit arrives")
+    room_text = lambda: str(server.ctx.hub.get(document_id).doc.get("content", type=Text))  # noqa: E731
+    await eventually(lambda: server.ctx.hub.get(document_id) is not None and room_text() == "A\x00B",
+                     what="edit arrives")
     assert await server.ctx.wal.flush(5)
     result = await server.ctx.store.compact(document_id, snapshot=True)
     assert result is not None and result.version_number is not None

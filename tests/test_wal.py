@@ -1,4 +1,4 @@
-"""The group-committed write-ahead (collab_server.wal.WriteAhead) against a real PostgreSQL."""
+"""The group-committed write-ahead (collab_server.storage.wal.WriteAhead) against a real PostgreSQL."""
 
 from __future__ import annotations
 
@@ -11,12 +11,11 @@ import asyncpg
 import pytest
 from pycrdt import Doc, Text
 
-from collab_server import db as dbmod
-from collab_server import store as store_module
-from collab_server.metrics import METRICS
-from collab_server.store import DocumentStore
-from collab_server.wal import PendingUpdate, WriteAhead
-from collab_server.ydoc import state_of
+from collab_server.storage import db as dbmod
+from collab_server.storage import postgres as store_module
+from collab_server.storage.postgres import DocumentStore
+from collab_server.storage.wal import PendingUpdate, WriteAhead
+from collab_server.storage.ydoc import state_of
 
 
 @dataclass
@@ -59,18 +58,19 @@ async def stop(wal: WriteAhead) -> None:
 
 
 async def test_one_group_commit_per_window_and_a_summary(env: Env) -> None:
-    summaries: list[dict[uuid.UUID, tuple[int, int]]] = []
-    wal = await started(WriteAhead(env.pool, 0.05, 1 << 20, on_committed=summaries.append))
+    batches: list[list[PendingUpdate]] = []
+    wal = WriteAhead(env.pool, 0.05, 1 << 20)
+    wal.start(lambda batch: batches.append(list(batch)))
     try:
         updates, _ = keystrokes(50)
-        commits = METRICS.counters["collab_wal_commits_total"]
+        commits = wal.counters.get("collab_wal_commits_total")
         for update in updates:  # all within one 50 ms window
             assert wal.append(PendingUpdate(env.document_id, update))
         assert wal.backlog_bytes == sum(map(len, updates))
         assert await wal.flush(5)
         assert wal.backlog_bytes == 0
-        assert METRICS.counters["collab_wal_commits_total"] - commits == 1
-        assert summaries == [{env.document_id: (50, sum(map(len, updates)))}]
+        assert wal.counters.get("collab_wal_commits_total") - commits == 1
+        assert [[u.payload for u in batch] for batch in batches] == [updates]  # one batch, in order
         count = await env.pool.fetchval(
             "SELECT count(*) FROM document_updates WHERE document_id = $1", env.document_id
         )
@@ -123,14 +123,14 @@ async def test_compaction_of_a_backlog_larger_than_one_chunk_loses_nothing(
 async def test_full_backlog_refuses_and_frees_after_commit(env: Env) -> None:
     wal = await started(WriteAhead(env.pool, 0.2, 100))
     try:
-        refused = METRICS.counters["collab_wal_refused_total"]
+        refused = wal.counters.get("collab_wal_refused_total")
         payload = b"\x00" * 40
         assert wal.has_room_for(40)
         assert wal.append(PendingUpdate(env.document_id, payload))
         assert wal.append(PendingUpdate(env.document_id, payload))
         assert not wal.has_room_for(40)
         assert not wal.append(PendingUpdate(env.document_id, payload))
-        assert METRICS.counters["collab_wal_refused_total"] - refused == 1
+        assert wal.counters.get("collab_wal_refused_total") - refused == 1
         assert wal.backlog_bytes == 80
         assert await wal.flush(5)
         assert wal.backlog_bytes == 0

@@ -17,12 +17,13 @@ from uuid import UUID
 import asyncpg
 from starlette.requests import Request
 
-from ..auth import AuthError, as_user, token_from
-from ..store import LOCAL_USER_ID, open_document_id
+from collab_server.access.auth import AuthError, as_user, token_from
+from collab_server.storage.postgres import LOCAL_USER_ID, open_document_id
+
 from .errors import ApiError
 
 if TYPE_CHECKING:
-    from ..app import AppContext
+    from collab_server.context import AppContext
 
 READ = frozenset({"owner", "admin", "editor", "commenter", "viewer"})
 COMMENT = frozenset({"owner", "admin", "editor", "commenter"})

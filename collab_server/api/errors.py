@@ -10,7 +10,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from ..db import UNAVAILABLE_ERRORS
+from collab_server.storage.db import UNAVAILABLE_ERRORS
 
 log = logging.getLogger("collab.api")
 

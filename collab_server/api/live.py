@@ -17,19 +17,20 @@ from uuid import UUID
 
 from pycrdt import Doc, TransactionEvent
 
-from ..connection import ClientInfo
-from ..content import copy_content, read_markdown, write_markdown
-from ..content.model import RICH_TEXT_FIELDS
-from ..hub import RoomUnavailable
-from ..protocol import CloseCode, ProtocolError
-from ..sanitize import storable_text
+from collab_server.content import copy_content, read_markdown, write_markdown
+from collab_server.content.model import RICH_TEXT_FIELDS
+from collab_server.content.sanitize import storable_text
+from collab_server.core.connection import ClientInfo
+from collab_server.core.hub import RoomUnavailable
+from collab_server.core.protocol import CloseCode, ProtocolError
+
 from .access import DocumentAccess, device_header
 from .errors import ApiError
 
 if TYPE_CHECKING:
     from starlette.requests import Request
 
-    from ..app import AppContext
+    from collab_server.context import AppContext
 
 EMPTY_UPDATE = b"\x00\x00"
 
@@ -45,7 +46,7 @@ class State:
 
 
 async def current_state(ctx: AppContext, document_id: UUID) -> State:
-    room = ctx.hub.rooms.get(document_id)
+    room = ctx.hub.get(document_id)
     if room is not None:
         return State(room.doc.get_update(), room.type)
     loaded = await ctx.store.load(document_id)

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING
 from starlette.requests import Request
 from starlette.responses import Response
 
-from .. import ydoc
+from collab_server.storage import ydoc
+
 from . import live
 from .access import WRITE, authorize_document, context
 from .errors import ApiError
@@ -21,7 +22,7 @@ from .openapi import Endpoint
 from .payload import MARKDOWN, OCTET_STREAM, JSONOut, Param, decode_base64, encode_base64, read_body, require_media_type
 
 if TYPE_CHECKING:
-    from ..app import AppContext
+    from collab_server.context import AppContext
 
 SV_HEADER = "X-Yjs-State-Vector"  # base64 state vector of the state a response was cut from
 _NO_CACHE = {"Cache-Control": "private, no-cache"}

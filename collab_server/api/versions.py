@@ -14,7 +14,8 @@ import asyncpg
 from starlette.requests import Request
 from starlette.responses import Response
 
-from .. import ydoc
+from collab_server.storage import ydoc
+
 from . import live
 from .access import WRITE, DocumentAccess, authorize_document, context, user_transaction
 from .errors import ApiError

@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from collab_server.demo import Demo
+from collab_server.runtime.demo import Demo
 from tests.conftest import RunningServer
 from tests.test_auth import SECRET, setup_demo
 

@@ -9,7 +9,7 @@ import time
 
 import asyncpg
 
-from collab_server import db as dbmod
+from collab_server.storage import db as dbmod
 
 from .conftest import World, error_of, eventually
 

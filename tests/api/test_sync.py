@@ -8,7 +8,7 @@ import httpx
 from pycrdt import Doc, Text
 
 from collab_server.client import YClient
-from collab_server.store import open_document_id
+from collab_server.storage.postgres import open_document_id
 
 from .conftest import World, error_of, eventually
 

@@ -1,0 +1,156 @@
+"""One client connection: who it is, and a bounded send queue in front of its Peer.
+
+Fan-out calls `send`, which never awaits: a slow reader only grows its own queue, and
+past `queue_limit` bytes it is closed (1013) instead of holding memory or the room.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass
+from uuid import UUID
+
+from .counters import Counters
+from .peer import Peer
+from .protocol import CloseCode
+
+log = logging.getLogger("collab.connection")
+
+@dataclass(slots=True)
+class ClientInfo:
+    """Who is on the other end, from the token and the query string or headers."""
+
+    user_id: UUID | None = None
+    role: str = "editor"
+    device_type: str = "web"
+    device_name: str | None = None
+    client_version: str | None = None
+    address: str | None = None
+
+    @property
+    def can_write(self) -> bool:
+        return self.role in {"owner", "admin", "editor"}
+
+
+class Connection:
+    """Fan-out calls `send`, which never awaits. When the peer can take the frame it is written
+    at once, synchronously (no task switch, no per-connection writer task while idle);
+    otherwise it waits in a queue drained by a writer task that exists only while there is a
+    backlog."""
+
+    CLOSE_TIMEOUT = 2.0  # seconds for the close frame to get out before the connection is aborted
+
+    __slots__ = (
+        "_closer", "_counters", "_queue", "_queued_bytes", "_writer", "bytes_in", "bytes_out", "close_code",
+        "close_reason", "closing", "denied_sent", "id", "info", "messages_in", "opened_at", "peer", "queue_limit",
+        "stuck_checks",
+    )
+
+    def __init__(
+        self, id: str, info: ClientInfo, peer: Peer, queue_limit: int, counters: Counters | None = None
+    ) -> None:
+        self.id = id
+        self.info = info
+        self.peer = peer
+        self.queue_limit = queue_limit
+        self._counters = counters if counters is not None else Counters()
+        self._queue: deque[bytes] | None = None
+        self._queued_bytes = 0
+        self._writer: asyncio.Task[None] | None = None
+        self._closer: asyncio.Task[None] | None = None
+        self.closing = False
+        self.close_code: int | None = None
+        self.close_reason = ""
+        self.denied_sent = False
+        self.opened_at = time.monotonic()
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.messages_in = 0
+        self.stuck_checks = 0
+
+    def send(self, frame: bytes) -> None:
+        if self.closing:
+            return
+        if self._queue is None and self._write_now(frame):
+            return
+        size = len(frame)
+        if self._queued_bytes + size > self.queue_limit:
+            self._counters.inc("collab_send_queue_overflows_total")
+            self.close(CloseCode.TRY_AGAIN_LATER, "send queue full: the client is not reading")
+            return
+        if self._queue is None:
+            self._queue = deque()
+        self._queue.append(frame)
+        self._queued_bytes += size
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.get_running_loop().create_task(self._drain())
+
+    def _write_now(self, frame: bytes) -> bool:
+        try:
+            written = self.peer.write(frame)
+        except Exception:  # the connection is going away; the read loop will notice
+            return False
+        if written:
+            self.bytes_out += len(frame)
+        return written
+
+    @property
+    def queued_bytes(self) -> int:
+        return self._queued_bytes
+
+    def close(self, code: int, reason: str) -> None:
+        """Close once; queued frames are discarded (the peer resyncs on reconnect)."""
+        if self.closing:
+            return
+        self.closing = True
+        self.close_code = code
+        self.close_reason = reason
+        self._queue = None
+        self._queued_bytes = 0
+        # The writer may be blocked on a peer that does not read: do not wait for it.
+        if self._writer is not None and not self._writer.done():
+            self._writer.cancel()
+        self._closer = asyncio.get_running_loop().create_task(self._send_close(), name=f"close-{self.id}")
+
+    async def _send_close(self) -> None:
+        try:
+            closing = self.peer.close(self.close_code or 1000, self.close_reason[:120])
+            await asyncio.wait_for(closing, self.CLOSE_TIMEOUT)
+        except TimeoutError:
+            # The peer does not read, so the close frame cannot even be written: drop the TCP
+            # connection rather than hold its buffers for as long as it keeps its window shut.
+            self.abort()
+        except Exception as exc:
+            log.debug("closing %s: %s", self.id, exc)
+
+    def abort(self) -> None:
+        with contextlib.suppress(Exception):
+            self.peer.abort()
+
+    async def _drain(self) -> None:
+        """Send the backlog in order, then go away (the next frame is written directly again)."""
+        try:
+            while self._queue and not self.closing:
+                frame = self._queue.popleft()
+                self._queued_bytes -= len(frame)
+                await self.peer.send(frame)
+                self.bytes_out += len(frame)
+            self._queue = None
+        except Exception as exc:  # the socket went away under us
+            log.debug("writer for %s stopped: %s", self.id, exc)
+            self.closing = True
+
+    async def finish(self) -> None:
+        """Wait briefly for the backlog and the close frame (after the read loop ended)."""
+        self.closing = True
+        for task in (self._writer, self._closer):
+            if task is None or task.done():
+                continue
+            try:
+                await asyncio.wait_for(asyncio.shield(task), 5)
+            except (TimeoutError, asyncio.CancelledError, Exception):
+                task.cancel()

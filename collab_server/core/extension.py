@@ -1,0 +1,138 @@
+"""The hub's extension interface: optional behaviour hooked to room and hub events.
+
+Cross-process relay, presence, revocation and metrics are extensions; the hub and its rooms
+run with none. Every hook is synchronous and fires once per event (a join, a batch of
+updates flushed in one loop turn, a group commit), never once per frame; a hook that needs
+I/O hands the work to a task of its own. A hook that raises is logged and skipped: an
+extension can never break a room. `on_start` receives the hub, which is how an extension
+reaches rooms (`hub.get`, `hub.rooms`): there is no shared dict to mutate.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from uuid import UUID
+
+from .awareness import AwarenessChange
+from .storage import PendingUpdate
+
+if TYPE_CHECKING:
+    from .connection import ClientInfo, Connection
+    from .hub import Hub
+    from .room import Room
+
+log = logging.getLogger("collab.extension")
+
+
+@dataclass(slots=True)
+class AppliedUpdate:
+    """One update a room applied this loop turn."""
+
+    update: bytes
+    origin: Connection | None  # the connection that sent it (None: HTTP or another process)
+    actor: ClientInfo | None  # who made it, for the write-ahead row (None when remote)
+    remote: bool  # relayed by another process, already stored there
+
+
+@dataclass(slots=True)
+class UpdateBatch:
+    """Everything a room applied in one loop turn, merged into the one frame it relayed."""
+
+    merged: bytes
+    updates: list[AppliedUpdate]
+
+    @property
+    def local(self) -> bool:
+        return any(not u.remote for u in self.updates)
+
+
+class Extension:
+    """Override the hooks you need; the defaults do nothing."""
+
+    async def on_start(self, hub: Hub) -> None:
+        """After storage has started, before any room opens."""
+
+    async def on_stop(self) -> None:
+        """After every room is persisted and storage has stopped."""
+
+    def on_loading(self, document_id: UUID) -> None:
+        """Before a room reads its document from storage (the bus subscribes here)."""
+
+    def on_loaded(self, room: Room) -> None: ...
+
+    def on_load_failed(self, document_id: UUID) -> None: ...
+
+    def on_unloaded(self, room: Room) -> None:
+        """The room left the registry; its edits are being persisted."""
+
+    def on_join(self, room: Room, conn: Connection) -> None: ...
+
+    def on_leave(self, room: Room, conn: Connection) -> None:
+        """`conn.close_code` is set when the server closed it."""
+
+    def on_awareness(self, room: Room, origin: object, change: AwarenessChange) -> None:
+        """`origin` is a Connection, or the owner another process's clients are recorded under."""
+
+    def on_updates(self, room: Room, batch: UpdateBatch) -> None: ...
+
+    def on_committed(self, updates: Sequence[PendingUpdate]) -> None:
+        """A group commit made `updates` durable (cross-process relay starts only here)."""
+
+
+_HOOKS = (
+    "on_loading", "on_loaded", "on_load_failed", "on_unloaded", "on_join", "on_leave",
+    "on_awareness", "on_updates", "on_committed",
+)
+
+
+class Extensions:
+    """Dispatches each hook only to the extensions that override it, each call guarded."""
+
+    def __init__(self, extensions: Sequence[Extension] = ()) -> None:
+        self.all = tuple(extensions)
+        self._by_hook: dict[str, tuple[Any, ...]] = {
+            name: tuple(
+                getattr(ext, name) for ext in self.all if getattr(type(ext), name) is not getattr(Extension, name)
+            )
+            for name in _HOOKS
+        }
+
+    def _fire(self, name: str, *args: Any) -> None:
+        for hook in self._by_hook[name]:
+            try:
+                hook(*args)
+            except Exception:
+                log.exception("extension hook %s failed", getattr(hook, "__qualname__", name))
+
+    def wants(self, name: str) -> bool:
+        return bool(self._by_hook[name])
+
+    def on_loading(self, document_id: UUID) -> None:
+        self._fire("on_loading", document_id)
+
+    def on_loaded(self, room: Room) -> None:
+        self._fire("on_loaded", room)
+
+    def on_load_failed(self, document_id: UUID) -> None:
+        self._fire("on_load_failed", document_id)
+
+    def on_unloaded(self, room: Room) -> None:
+        self._fire("on_unloaded", room)
+
+    def on_join(self, room: Room, conn: Connection) -> None:
+        self._fire("on_join", room, conn)
+
+    def on_leave(self, room: Room, conn: Connection) -> None:
+        self._fire("on_leave", room, conn)
+
+    def on_awareness(self, room: Room, origin: object, change: AwarenessChange) -> None:
+        self._fire("on_awareness", room, origin, change)
+
+    def on_updates(self, room: Room, batch: UpdateBatch) -> None:
+        self._fire("on_updates", room, batch)
+
+    def on_committed(self, updates: Sequence[PendingUpdate]) -> None:
+        self._fire("on_committed", updates)

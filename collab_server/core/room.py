@@ -1,0 +1,233 @@
+"""One open document: its pycrdt Doc, its awareness, its connections, and fan-out.
+
+Messages of a room are handled synchronously in arrival order (the event loop is the room's
+lock): apply to the Doc, then queue the resulting frame for every other connection. The
+updates applied in one loop turn leave as one frame, encoded once and shared by every
+receiver, and are handed once to the write-ahead and once to the extensions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from uuid import UUID
+
+from pycrdt import Doc, TransactionEvent, merge_updates
+
+from .awareness import AwarenessChange, RoomAwareness
+from .connection import ClientInfo, Connection
+from .counters import Counters
+from .extension import AppliedUpdate, Extensions, UpdateBatch
+from .protocol import (
+    CloseCode,
+    Kind,
+    Message,
+    ProtocolError,
+    encode_awareness,
+    encode_permission_denied,
+    encode_sync_step1,
+    encode_sync_step2,
+    encode_update,
+)
+from .storage import PendingUpdate, Storage
+
+log = logging.getLogger("collab.room")
+
+_NO_EXTENSIONS = Extensions()
+
+
+class Room:
+    def __init__(
+        self,
+        document_id: UUID,
+        workspace_id: UUID | None = None,
+        doc_type: str = "markdown",
+        storage: Storage | None = None,
+        extensions: Extensions | None = None,
+        counters: Counters | None = None,
+    ) -> None:
+        self.id = document_id
+        self.workspace_id = workspace_id
+        self.type = doc_type
+        self.doc = Doc()
+        self.awareness = RoomAwareness()
+        self.connections: set[Connection] = set()
+        self._storage = storage
+        self._extensions = extensions if extensions is not None else _NO_EXTENSIONS
+        self.counters = counters if counters is not None else Counters()
+        self._remote = False  # applying an update another process relayed and stored
+        self._pending: list[AppliedUpdate] = []
+        self._origin: Connection | None = None
+        self._actor: ClientInfo | None = None
+        self._subscription = self.doc.observe(self._on_doc_update)
+        self.write_refused = False
+
+    # -- loading -------------------------------------------------------------------------
+
+    def load_state(self, state: bytes) -> None:
+        """Apply the stored state without relaying or re-storing it."""
+        if not state:
+            return
+        self.doc.unobserve(self._subscription)
+        try:
+            self.doc.apply_update(state)
+        finally:
+            self._subscription = self.doc.observe(self._on_doc_update)
+
+    # -- connections ---------------------------------------------------------------------
+
+    def add(self, conn: Connection) -> None:
+        self.connections.add(conn)
+        # What a y-websocket server sends on connect: its step 1, then everyone's awareness.
+        conn.send(encode_sync_step1(self.doc.get_state()))
+        states = self.awareness.encode_all()
+        if states is not None:
+            conn.send(encode_awareness(states))
+
+    def remove(self, conn: Connection) -> None:
+        self.connections.discard(conn)
+        self.drop_owner(conn)
+
+    def drop_owner(self, owner: object) -> None:
+        """Remove every awareness state `owner` (a connection or a dead process) announced."""
+        removal = self.awareness.remove_owner(owner)
+        if removal is None:
+            return
+        self.broadcast(encode_awareness(removal), exclude=owner if isinstance(owner, Connection) else None)
+        self._extensions.on_awareness(self, owner, AwarenessChange(removal, {}, 0))
+
+    # -- messages ------------------------------------------------------------------------
+
+    def handle(self, conn: Connection, msg: Message) -> None:
+        kind = msg.kind
+        if kind is Kind.SYNC_UPDATE or kind is Kind.SYNC_STEP2:
+            self._handle_update(conn, msg.payload)
+        elif kind is Kind.AWARENESS:
+            self._handle_awareness(conn, msg.payload)
+        elif kind is Kind.SYNC_STEP1:
+            try:
+                diff = self.doc.get_update(msg.payload)
+            except ValueError:
+                raise ProtocolError(CloseCode.INVALID_PAYLOAD, "invalid state vector") from None
+            conn.send(encode_sync_step2(diff))
+        elif kind is Kind.QUERY_AWARENESS:
+            states = self.awareness.encode_all()
+            if states is not None:
+                conn.send(encode_awareness(states))
+        # Kind.AUTH from a client carries nothing we act on.
+
+    def _handle_update(self, conn: Connection, update: bytes) -> None:
+        if not conn.info.can_write:
+            if not conn.denied_sent:
+                conn.denied_sent = True
+                conn.send(encode_permission_denied("read-only: this connection may not edit the document"))
+            return
+        if self._storage is not None and not self._storage.has_room_for(len(update)):
+            raise ProtocolError(CloseCode.TRY_AGAIN_LATER, "storage backlog full: edits are paused, reconnect later")
+        self.apply_update(update, conn)
+
+    def apply_update(self, update: bytes, origin: Connection | None, actor: ClientInfo | None = None) -> None:
+        """Apply an update (from a client or the HTTP API); raise ProtocolError if invalid.
+        `actor` names who made it when there is no connection (HTTP), for the write-ahead."""
+        self._origin = origin
+        self._actor = actor if actor is not None else (origin.info if origin is not None else None)
+        try:
+            self.doc.apply_update(update)
+        except ValueError:
+            raise ProtocolError(CloseCode.INVALID_PAYLOAD, "invalid Yjs update") from None
+        except BaseException as exc:  # a Rust panic surfaces as PanicException (a BaseException)
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
+            log.error("pycrdt failed on an update in room %s: %r", self.id, exc)
+            raise ProtocolError(CloseCode.INVALID_PAYLOAD, "invalid Yjs update") from None
+        finally:
+            self._origin = None
+            self._actor = None
+
+    def apply_remote(self, update: bytes) -> None:
+        """Apply what another process (or the store, in a repair) already wrote ahead: relay
+        the part that is new here to local clients, but do not store it again."""
+        self._remote = True
+        try:
+            self.doc.apply_update(update)
+        finally:
+            self._remote = False
+
+    def apply_remote_awareness(self, payload: bytes, owner: object) -> None:
+        """Awareness relayed by another process, recorded under `owner` (which stands for it)."""
+        change = self.awareness.apply(payload, owner, may_take_over=lambda _other: True)
+        if change.relay is not None:
+            self.broadcast(encode_awareness(change.relay))
+            self._extensions.on_awareness(self, owner, change)
+
+    def _on_doc_update(self, event: TransactionEvent) -> None:
+        # Collected, not sent: everything applied in this loop turn leaves as one message.
+        if not self._pending:
+            asyncio.get_running_loop().call_soon(self._flush)
+        remote = self._remote
+        self._pending.append(AppliedUpdate(event.update, self._origin, None if remote else self._actor, remote))
+
+    def _flush(self) -> None:
+        """Send this turn's updates: merged once into one frame shared by every receiver, and
+        one write-ahead row per author. The sender is excluded when it is the only origin;
+        otherwise everyone gets the merged frame (Yjs ignores what it already has)."""
+        pending, self._pending = self._pending, []
+        if not pending:
+            return
+        first = pending[0]
+        merged = first.update if len(pending) == 1 else merge_updates(*(p.update for p in pending))
+        only = first.origin if all(p.origin is first.origin for p in pending) else None
+        self.broadcast(encode_update(merged), exclude=only)
+        batch = UpdateBatch(merged, pending)
+        if self._storage is not None and batch.local:
+            self._write_ahead(pending)
+        self._extensions.on_updates(self, batch)
+
+    def _write_ahead(self, pending: list[AppliedUpdate]) -> None:
+        by_actor: dict[int, list[AppliedUpdate]] = {}
+        for p in pending:
+            if not p.remote:
+                by_actor.setdefault(id(p.actor), []).append(p)
+        assert self._storage is not None
+        for group in by_actor.values():
+            info = group[0].actor
+            payload = group[0].update if len(group) == 1 else merge_updates(*(p.update for p in group))
+            accepted = self._storage.append(
+                PendingUpdate(
+                    self.id,
+                    payload,
+                    info.user_id if info else None,
+                    info.device_name if info else None,
+                    info.client_version if info else None,
+                )
+            )
+            if not accepted:  # checked before applying; only a race with a huge update lands here
+                self.write_refused = True
+                log.error("write-ahead backlog full: an update of room %s is held in memory only", self.id)
+
+    def _handle_awareness(self, conn: Connection, payload: bytes) -> None:
+        change = self.awareness.apply(
+            payload,
+            conn,
+            # A reconnecting client may reclaim its client ID from its own dead connection, or
+            # from another process it was connected to a moment ago (an owner that is not ours).
+            may_take_over=lambda other: not isinstance(other, Connection) or other.info.user_id == conn.info.user_id,
+        )
+        if change.dropped:
+            self.counters.inc("collab_awareness_dropped_total", change.dropped)
+        if change.relay is not None:
+            # Echoed to the sender too: y-websocket clients reconnect after 30 s without
+            # receiving anything, and a client alone in a room only hears its own echo.
+            self.broadcast(encode_awareness(change.relay))
+        if change.relay is not None or change.states:
+            self._extensions.on_awareness(self, conn, change)
+
+    def broadcast(self, frame: bytes, exclude: Connection | None = None) -> None:
+        for conn in self.connections:
+            if conn is not exclude:
+                conn.send(frame)
+        self.counters.values["collab_messages_out_total"] += len(self.connections) - (exclude in self.connections)
+
+    def close_all(self, code: int, reason: str) -> None:
+        for conn in list(self.connections):
+            conn.close(code, reason)

@@ -1,0 +1,90 @@
+"""The metrics extension: counts hub events and writes `/metrics` in Prometheus text format.
+
+The exposition format is simple enough to write here; the counters it reads are plain dict
+increments made by their owners (hub, rooms, write-ahead, bus), one shared `Counters` per
+process handed to each by the runtime.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from collab_server.core.connection import Connection
+from collab_server.core.counters import Counters
+from collab_server.core.extension import Extension
+from collab_server.core.hub import Hub
+from collab_server.core.room import Room
+
+_HELP = {
+    "collab_connections_opened_total": "WebSocket connections accepted",
+    "collab_connections_closed_total": "WebSocket connections closed, by close code",
+    "collab_messages_out_total": "frames queued to clients",
+    "collab_bytes_in_total": "bytes received in binary frames",
+    "collab_rejected_frames_total": "frames rejected, by reason",
+    "collab_send_queue_overflows_total": "clients closed because their send queue overflowed",
+    "collab_awareness_dropped_total": "awareness entries dropped (invalid JSON or not owned)",
+    "collab_wal_commits_total": "write-ahead group commits",
+    "collab_wal_updates_total": "updates written ahead",
+    "collab_wal_commit_seconds_total": "time spent in write-ahead commits",
+    "collab_wal_retries_total": "write-ahead attempts retried because PostgreSQL was unavailable",
+    "collab_wal_refused_total": "updates refused because the write-ahead backlog was full",
+    "collab_wal_dropped_total": "updates dropped because their document no longer exists",
+    "collab_compactions_total": "compactions committed",
+    "collab_compaction_failures_total": "compactions that failed and will be retried",
+    "collab_rooms_loaded_total": "rooms loaded",
+    "collab_rooms_unloaded_total": "rooms unloaded",
+    "collab_bus_published_total": "entries published to the cross-process bus",
+    "collab_bus_received_total": "entries received from other processes",
+    "collab_rooms": "rooms open on this process",
+    "collab_connections": "connections open on this process",
+    "collab_wal_backlog_bytes": "bytes waiting for the next write-ahead commit",
+}
+
+
+class Metrics(Extension):
+    def __init__(self, counters: Counters) -> None:
+        self.counters = counters
+        self.gauges: dict[str, Callable[[], float]] = {}
+
+    async def on_start(self, hub: Hub) -> None:
+        self.gauges["collab_rooms"] = lambda: hub.room_count
+        self.gauges["collab_connections"] = lambda: hub.connections
+        self.gauges["collab_wal_backlog_bytes"] = lambda: hub.storage.backlog_bytes
+
+    def on_loaded(self, room: Room) -> None:
+        self.counters.inc("collab_rooms_loaded_total")
+
+    def on_unloaded(self, room: Room) -> None:
+        self.counters.inc("collab_rooms_unloaded_total")
+
+    def on_join(self, room: Room, conn: Connection) -> None:
+        self.counters.inc("collab_connections_opened_total")
+
+    def on_leave(self, room: Room, conn: Connection) -> None:
+        self.counters.inc_label("collab_connections_closed_total", "code", str(conn.close_code or 1000))
+
+    def render(self) -> str:
+        lines: list[str] = []
+        seen: set[str] = set()
+
+        def head(name: str, kind: str) -> None:
+            if name not in seen:
+                seen.add(name)
+                lines.append(f"# HELP {name} {_HELP.get(name, name)}")
+                lines.append(f"# TYPE {name} {kind}")
+
+        for name in sorted(self.counters.values):
+            head(name, "counter")
+            lines.append(f"{name} {self.counters.values[name]:g}")
+        for (name, label, value), amount in sorted(self.counters.labelled.items()):
+            head(name, "counter")
+            escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+            lines.append(f'{name}{{{label}="{escaped}"}} {amount:g}')
+        for name in sorted(self.gauges):
+            try:
+                value = float(self.gauges[name]())
+            except Exception:  # a gauge must never break the scrape
+                continue
+            head(name, "gauge")
+            lines.append(f"{name} {value:g}")
+        return "\n".join(lines) + "\n"

@@ -1,0 +1,106 @@
+"""Running the app under uvicorn, with a shutdown that closes clients with 1001 and loses nothing."""
+
+from __future__ import annotations
+
+import errno
+import multiprocessing
+import os
+import signal
+import socket
+from types import FrameType
+
+import uvicorn
+from starlette.applications import Starlette
+
+from collab_server.config import Settings
+
+from .app import create_app
+
+
+class PortInUse(RuntimeError):
+    pass
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """Bind before starting so a busy port is one clear line, not a traceback."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise PortInUse(f"port {port} on {host} is already in use (set COLLAB_PORT to another port)") from None
+        raise PortInUse(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+class CollabServer(uvicorn.Server):
+    """uvicorn closes WebSockets with 1012 on shutdown; we first close ours with 1001 after
+    flushing, and exit 0 instead of re-raising the signal."""
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.should_exit:
+            self.force_exit = True
+        self.should_exit = True
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        for server in self.servers:
+            server.close()
+        app = self.config.loaded_app
+        ctx = getattr(getattr(app, "state", None), "ctx", None) if app is not None else None
+        if ctx is None:  # wrapped by middleware: find the Starlette app
+            inner = getattr(app, "app", None)
+            ctx = getattr(getattr(inner, "state", None), "ctx", None)
+        if ctx is not None:
+            await ctx.hub.shutdown()
+        await super().shutdown(sockets)
+
+
+def uvicorn_config(app: Starlette, settings: Settings) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,
+        loop="uvloop",
+        http="httptools",
+        ws="websockets-sansio",
+        ws_max_size=settings.max_message_bytes,
+        ws_ping_interval=settings.ping_interval or None,
+        ws_ping_timeout=settings.ping_timeout or None,
+        ws_per_message_deflate=False,
+        lifespan="on",
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=settings.shutdown_timeout,
+    )
+
+
+def serve(settings: Settings, database_url: str, redis_url: str, sock: socket.socket) -> None:
+    app = create_app(settings, database_url, redis_url)
+    server = CollabServer(uvicorn_config(app, settings))
+    server.run(sockets=[sock])
+
+
+def serve_workers(settings: Settings, database_url: str, redis_url: str, sock: socket.socket, workers: int) -> int:
+    """N worker processes accepting on one socket; they share documents through the Redis bus.
+    Signals are forwarded so every worker drains (closes with 1001, flushes) before we exit."""
+    ctx = multiprocessing.get_context("fork")
+    procs = [
+        ctx.Process(target=serve, args=(settings, database_url, redis_url, sock), name=f"collab-worker-{i}")
+        for i in range(workers)
+    ]
+    for proc in procs:
+        proc.start()
+
+    def forward(sig: int, _frame: FrameType | None) -> None:
+        for proc in procs:
+            if proc.pid and proc.is_alive():
+                os.kill(proc.pid, sig)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, forward)
+    for proc in procs:
+        proc.join()
+    return max((proc.exitcode or 0) for proc in procs)

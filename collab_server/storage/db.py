@@ -1,0 +1,63 @@
+"""PostgreSQL connection pool, with failures turned into one clear line."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import asyncpg
+import orjson
+
+from collab_server.config import mask_url
+
+# The errors that mean "PostgreSQL is not there right now" rather than "this query is wrong".
+UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    ConnectionError,
+    asyncio.TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.TooManyConnectionsError,
+)
+
+
+class DatabaseUnavailable(RuntimeError):
+    pass
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    for name in ("json", "jsonb"):
+        await conn.set_type_codec(
+            name, encoder=lambda v: orjson.dumps(v).decode(), decoder=orjson.loads, schema="pg_catalog"
+        )
+
+
+async def connect(url: str, timeout: float = 10.0) -> asyncpg.Connection:
+    try:
+        conn = await asyncpg.connect(url, timeout=timeout)
+    except (*UNAVAILABLE_ERRORS, socket.gaierror, asyncpg.InvalidAuthorizationSpecificationError,
+            asyncpg.InvalidCatalogNameError) as exc:
+        raise DatabaseUnavailable(f"cannot connect to PostgreSQL at {mask_url(url)}: {_why(exc)}") from None
+    await _init_connection(conn)
+    return conn
+
+
+async def create_pool(url: str, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
+    try:
+        pool = await asyncpg.create_pool(
+            url, min_size=min_size, max_size=max_size, init=_init_connection, timeout=10,
+            command_timeout=60,
+        )
+    except (*UNAVAILABLE_ERRORS, socket.gaierror, asyncpg.InvalidAuthorizationSpecificationError,
+            asyncpg.InvalidCatalogNameError) as exc:
+        raise DatabaseUnavailable(f"cannot connect to PostgreSQL at {mask_url(url)}: {_why(exc)}") from None
+    assert pool is not None
+    return pool
+
+
+def _why(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+    return text

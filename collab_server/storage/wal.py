@@ -1,0 +1,180 @@
+"""Group-committed write-ahead of Yjs updates to PostgreSQL.
+
+Every update a room applies is appended here without waiting; one writer task sends all
+updates of all rooms that arrived within the commit window in one INSERT (one round trip,
+one fsync). Relay never waits for it. While PostgreSQL is down the writer keeps the batch
+and retries with backoff; the backlog is bounded in bytes so memory cannot grow without
+limit, and `append` says no when it is full so the caller can refuse the edit visibly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+
+import asyncpg
+
+from collab_server.core.counters import Counters
+from collab_server.core.storage import CommitListener, PendingUpdate
+
+from .db import UNAVAILABLE_ERRORS
+
+log = logging.getLogger("collab.wal")
+
+# ORDER BY the array position: without it the EXISTS becomes a hash join that may emit rows
+# (and so allocate seq) in any order.
+_INSERT = """
+INSERT INTO document_updates (document_id, payload, user_id, device_id, client_version)
+SELECT u.document_id, u.payload, u.user_id, u.device_id, u.client_version
+FROM unnest($1::uuid[], $2::bytea[], $3::uuid[], $4::text[], $5::text[])
+     WITH ORDINALITY AS u(document_id, payload, user_id, device_id, client_version, n)
+WHERE EXISTS (SELECT 1 FROM documents d WHERE d.id = u.document_id)
+ORDER BY u.n
+"""
+
+
+class WriteAhead:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        window_seconds: float,
+        backlog_limit_bytes: int,
+        counters: Counters | None = None,
+    ) -> None:
+        self._pool = pool
+        self._window = window_seconds
+        self._limit = backlog_limit_bytes
+        self.counters = counters if counters is not None else Counters()
+        self._on_committed: CommitListener | None = None
+        self._pending: list[PendingUpdate] = []
+        self._backlog_bytes = 0
+        self._appended = 0
+        self._committed = 0
+        self._wake = asyncio.Event()
+        self._progress = asyncio.Condition()
+        self._task: asyncio.Task[None] | None = None
+        self.healthy = True
+        self.last_error: str | None = None
+
+    @property
+    def backlog_bytes(self) -> int:
+        return self._backlog_bytes
+
+    def start(self, on_committed: CommitListener | None = None) -> None:
+        """`on_committed` hears every batch once it is durable (and only then: another process
+        must never hold, and let its clients build on, an update that exists nowhere durable)."""
+        self._on_committed = on_committed
+        self._task = asyncio.create_task(self._run(), name="wal-writer")
+
+    async def stop(self, timeout: float) -> bool:
+        """Flush what is queued (bounded by `timeout`), then stop the writer."""
+        flushed = await self.flush(timeout)
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        return flushed
+
+    def append(self, item: PendingUpdate) -> bool:
+        size = len(item.payload)
+        if self._backlog_bytes + size > self._limit:
+            self.counters.inc("collab_wal_refused_total")
+            return False
+        self._pending.append(item)
+        self._backlog_bytes += size
+        self._appended += 1
+        self._wake.set()
+        return True
+
+    def has_room_for(self, size: int) -> bool:
+        return self._backlog_bytes + size <= self._limit
+
+    async def flush(self, timeout: float | None = None) -> bool:
+        """Wait until everything appended before this call is committed; False on timeout."""
+        target = self._appended
+        if self._committed >= target:
+            return True
+        self._wake.set()
+        try:
+            async with asyncio.timeout(timeout):
+                async with self._progress:
+                    await self._progress.wait_for(lambda: self._committed >= target)
+        except TimeoutError:
+            return False
+        return True
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if self._window:
+                await asyncio.sleep(self._window)
+            if not self._pending:
+                continue
+            batch, self._pending = self._pending, []
+            await self._write_with_retry(batch)
+            self._backlog_bytes -= sum(len(p.payload) for p in batch)
+            self._committed += len(batch)
+            async with self._progress:
+                self._progress.notify_all()
+            if self._on_committed is not None:
+                self._notify(batch)
+            if self._pending:
+                self._wake.set()
+
+    def _notify(self, batch: Sequence[PendingUpdate]) -> None:
+        assert self._on_committed is not None
+        try:
+            self._on_committed(batch)
+        except Exception:  # a listener must never stop the writer
+            log.exception("the commit listener failed")
+
+    async def _write_with_retry(self, batch: list[PendingUpdate]) -> None:
+        delay = 0.05
+        while True:
+            started = time.perf_counter()
+            try:
+                await self._write(batch)
+            except UNAVAILABLE_ERRORS as exc:
+                if self.healthy:
+                    log.warning("PostgreSQL unavailable, keeping %d updates and retrying: %s", len(batch), exc)
+                self.healthy = False
+                self.last_error = str(exc) or exc.__class__.__name__
+                self.counters.inc("collab_wal_retries_total")
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            except asyncpg.PostgresError as exc:
+                # A data error (e.g. a document hard-deleted mid-batch): write row by row so
+                # one doomed row cannot block everyone else's edits.
+                log.warning("batch insert failed (%s); writing row by row", exc)
+                await self._write_rows(batch)
+            if not self.healthy:
+                log.info("PostgreSQL is back; write-ahead resumed")
+            self.healthy = True
+            self.last_error = None
+            self.counters.inc("collab_wal_commits_total")
+            self.counters.inc("collab_wal_updates_total", len(batch))
+            self.counters.inc("collab_wal_commit_seconds_total", time.perf_counter() - started)
+            return
+
+    async def _write(self, batch: list[PendingUpdate]) -> None:
+        await self._pool.execute(
+            _INSERT,
+            [p.document_id for p in batch],
+            [p.payload for p in batch],
+            [p.user_id for p in batch],
+            [p.device_id for p in batch],
+            [p.client_version for p in batch],
+        )
+
+    async def _write_rows(self, batch: list[PendingUpdate]) -> None:
+        for p in batch:
+            try:
+                await self._write([p])
+            except asyncpg.PostgresError as exc:
+                self.counters.inc("collab_wal_dropped_total")
+                log.error("dropping an update for document %s: %s", p.document_id, exc)

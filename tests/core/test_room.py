@@ -1,0 +1,129 @@
+"""A Room on its own (no hub, no storage): sync, fan-out, permissions, awareness, errors."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from pycrdt import Doc, Text
+
+from collab_server.core.connection import ClientInfo
+from collab_server.core.protocol import CloseCode, Kind, Message, ProtocolError
+from collab_server.core.room import Room
+from collab_server.storage.memory import MemoryStorage
+from tests.core.memory import MemoryClient, turns
+from tests.waiting import eventually
+
+
+def edit(text: str) -> bytes:
+    doc = Doc()
+    doc.get("content", type=Text).insert(0, text)
+    return doc.get_update()
+
+
+async def test_a_joiner_gets_step1_and_a_late_joiner_the_whole_document() -> None:
+    room = Room(uuid.uuid4())
+    a = MemoryClient().attach(room)
+    assert a.peer.kinds()[0] is Kind.SYNC_STEP1  # the server's step 1 first, as y-websocket sends it
+    a.text.insert(0, "hello")
+    await turns()
+    b = MemoryClient().attach(room)
+    await eventually(lambda: str(b), lambda s: s == "hello", what="b synced")
+    assert str(room.doc.get("content", type=Text)) == "hello"
+
+
+async def test_an_update_reaches_everyone_but_its_sender_as_one_shared_frame() -> None:
+    room = Room(uuid.uuid4())
+    a, b, c = (MemoryClient().attach(room) for _ in range(3))
+    await turns()
+    before = [len(x.peer.frames) for x in (a, b, c)]
+    a.text.insert(0, "x")
+    await eventually(lambda: (str(b), str(c)), lambda s: s == ("x", "x"), what="fan-out")
+    assert len(a.peer.frames) == before[0]  # b and c got it, so a would have by now
+    assert b.peer.frames[-1] is c.peer.frames[-1]  # encoded once, the same bytes object
+
+
+async def test_updates_of_one_loop_turn_leave_as_one_merged_frame() -> None:
+    room = Room(uuid.uuid4())
+    a, b = MemoryClient().attach(room), MemoryClient().attach(room)
+    await turns()
+    received = b.updates_received
+    for word in ("one ", "two ", "three"):
+        a.text.insert(len(a.text), word)  # three transactions, three updates, one turn
+    await eventually(lambda: str(b), lambda s: s == "one two three", what="b has all three")
+    assert b.updates_received - received == 1
+    assert room.counters.get("collab_messages_out_total") > 0
+
+
+async def test_a_viewer_is_told_once_and_its_edits_are_not_applied() -> None:
+    room = Room(uuid.uuid4())
+    viewer = MemoryClient(ClientInfo(role="viewer")).attach(room)
+    editor = MemoryClient().attach(room)
+    viewer.send(Message(Kind.SYNC_UPDATE, edit("nope")))
+    viewer.send(Message(Kind.SYNC_UPDATE, edit("nope again")))
+    denied = [m for m in viewer.peer.messages() if m.kind is Kind.AUTH]
+    assert len(denied) == 1 and b"read-only" in denied[0].payload
+    editor.text.insert(0, "yes")
+    await eventually(lambda: str(viewer), lambda s: s == "yes", what="the viewer still reads")
+    assert str(room.doc.get("content", type=Text)) == "yes"
+
+
+async def test_an_invalid_update_or_state_vector_is_refused_and_the_room_is_unharmed() -> None:
+    room = Room(uuid.uuid4())
+    bad = MemoryClient().attach(room)
+    good = MemoryClient().attach(room)
+    with pytest.raises(ProtocolError) as refused:
+        bad.send(Message(Kind.SYNC_UPDATE, b"\xff\xff\xff"))
+    assert refused.value.code == CloseCode.INVALID_PAYLOAD
+    with pytest.raises(ProtocolError):
+        bad.send(Message(Kind.SYNC_STEP1, b"\xff\xff"))
+    good.text.insert(0, "still fine")
+    await eventually(lambda: str(room.doc.get("content", type=Text)), lambda s: s == "still fine", what="room")
+
+
+async def test_edits_are_written_ahead_once_per_author_and_remote_ones_not_at_all() -> None:
+    storage = MemoryStorage()
+    document_id = storage.create()
+    room = Room(document_id, storage=storage)
+    alice = MemoryClient(ClientInfo(user_id=uuid.uuid4(), device_name="laptop")).attach(room)
+    bob = MemoryClient(ClientInfo(user_id=uuid.uuid4())).attach(room)
+    alice.text.insert(0, "a1 ")
+    alice.text.insert(3, "a2 ")
+    bob.text.insert(0, "b ")
+    await eventually(lambda: storage.stored_updates(document_id), lambda u: len(u) == 2, what="two rows")
+    rows = storage.stored_updates(document_id)
+    assert {r.user_id for r in rows} == {alice.conn.info.user_id, bob.conn.info.user_id}
+    assert next(r for r in rows if r.user_id == alice.conn.info.user_id).device_id == "laptop"
+    room.apply_remote(edit("from another process"))
+    await eventually(lambda: "another" in str(alice), what="the remote edit relayed")
+    assert len(storage.stored_updates(document_id)) == 2  # relayed, not stored again
+
+
+async def test_a_full_write_ahead_refuses_the_edit_before_applying_it() -> None:
+    storage = MemoryStorage(backlog_limit_bytes=8)
+    document_id = storage.create()
+    room = Room(document_id, storage=storage)
+    client = MemoryClient().attach(room)
+    with pytest.raises(ProtocolError) as refused:
+        client.send(Message(Kind.SYNC_UPDATE, edit("far more than eight bytes")))
+    assert refused.value.code == CloseCode.TRY_AGAIN_LATER
+    assert str(room.doc.get("content", type=Text)) == ""
+
+
+async def test_awareness_is_relayed_echoed_and_removed_when_its_connection_leaves() -> None:
+    room = Room(uuid.uuid4())
+    user = uuid.uuid4()
+    a, b = MemoryClient(ClientInfo(user_id=user)).attach(room), MemoryClient().attach(room)
+    a.say(7, 1, b'{"cursor": 3}')
+    await eventually(lambda: b.awareness, lambda s: 7 in s, what="b hears a's cursor")
+    assert 7 in a.awareness  # echoed to the sender
+    late = MemoryClient().attach(room)
+    await eventually(lambda: late.awareness, lambda s: 7 in s, what="a late joiner hears it")
+    # Someone else may not claim client 7 while a holds it; a's own reconnect may.
+    b.say(7, 2, b'{"cursor": 99}')
+    assert room.awareness.states()[7] == {"cursor": 3}
+    again = MemoryClient(ClientInfo(user_id=user)).attach(room)
+    again.say(7, 3, b'{"cursor": 4}')
+    assert room.awareness.states()[7] == {"cursor": 4}
+    room.remove(again.conn)
+    await eventually(lambda: b.awareness, lambda s: 7 not in s, what="removal broadcast")
