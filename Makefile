@@ -32,10 +32,14 @@ run: install
 ## Install everything and run the whole suite against real PostgreSQL, Redis, sockets and clients.
 test: install node
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
 
 ## Benchmark this server against the y-websocket reference server (see bench/README.md).
 bench: install node

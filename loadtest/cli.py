@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 import click
 import orjson
@@ -13,6 +15,7 @@ from .report import summary_table
 from .runner import run_load
 
 EXIT_SETUP = 2
+T = TypeVar("T")
 
 
 def _fail(message: str) -> None:
@@ -20,7 +23,7 @@ def _fail(message: str) -> None:
     sys.exit(EXIT_SETUP)
 
 
-def _run(coro):  # type: ignore[no-untyped-def]
+def _run(coro: Coroutine[Any, Any, T]) -> T:
     try:
         import uvloop
 

@@ -18,7 +18,7 @@ try:
     from websockets.speedups import apply_mask as _apply_mask
 except ImportError:  # pragma: no cover - websockets ships the C extension on every platform we use
 
-    def _apply_mask(data: bytes, mask: bytes) -> bytes:
+    def _apply_mask(data: bytes, mask: bytes) -> bytes:  # type: ignore[misc]
         if not data:
             return data
         n = len(data)
@@ -88,7 +88,7 @@ class WSClient(asyncio.Protocol):
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        transport.write(
+        self.transport.write(  # type: ignore[union-attr]
             b"GET %s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
             b"Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\nUser-Agent: collab-server-loadtest\r\n\r\n"
             % (self.path.encode(), self.host.encode(), self._key)

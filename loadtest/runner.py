@@ -394,9 +394,9 @@ class Runner:
             clients = by_room.get(index, [])
             if not clients:
                 continue
-            texts = []
+            texts: list[str | None] = []
             for c in clients:
-                doc = Doc()
+                doc: Doc[Any] = Doc()
                 text = doc.get("content", type=Text)
                 try:
                     with doc.transaction():

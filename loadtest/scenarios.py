@@ -28,6 +28,7 @@ async def _connect_synced(url: str, timeout: float, keep: bool = False) -> tuple
     loop = asyncio.get_running_loop()
     synced: asyncio.Future[None] = loop.create_future()
     frames: list[bytes] = []
+    ws: WSClient | None = None
 
     def on_message(data: bytes, now: float) -> None:
         if data[:2] == b"\x00\x01" and not synced.done():
@@ -50,7 +51,6 @@ async def _connect_synced(url: str, timeout: float, keep: bool = False) -> tuple
         nonlocal ws
         ws = proto
 
-    ws: WSClient | None = None
     t0 = time.perf_counter()
     await ws_connect(url, on_message, on_close, timeout, bind=bind)
     assert ws is not None
@@ -191,8 +191,11 @@ async def seed_rooms(url: str, names: list[str], *, text_bytes: int = 2048, edit
                 clock += len(text)
             # A step 1 round trip: once its answer arrives, the updates before it were applied.
             probe = asyncio.get_running_loop().create_future()
-            ws.on_message = lambda data, now: (data[:2] == b"\x00\x01" and not probe.done()
-                                               and probe.set_result(None))
+            def answered(data: bytes, now: float, probe: asyncio.Future[None] = probe) -> None:
+                if data[:2] == b"\x00\x01" and not probe.done():
+                    probe.set_result(None)
+
+            ws.on_message = answered
             ws.send(encode_sync_step1(b"\x00"))
             async with asyncio.timeout(timeout):
                 await probe

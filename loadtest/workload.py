@@ -118,6 +118,7 @@ class LoadClient:
         self.connect_started = time.perf_counter()
         await ws_connect(self.room.url, self._on_message, self._on_close, timeout, bind=self._bind)
         self.step1_at = time.perf_counter()
+        assert self.ws is not None  # set by _bind during the handshake
         self.ws.send(STEP1_EMPTY)
         async with asyncio.timeout(timeout):
             await asyncio.shield(self.synced)

@@ -121,7 +121,7 @@ class TokenVerifier:
 
     def _decode(self, token: str, key: object, algorithms: list[str]) -> dict[str, object]:
         try:
-            return jwt.decode(  # type: ignore[no-any-return]
+            return jwt.decode(
                 token,
                 key,  # type: ignore[arg-type]
                 algorithms=algorithms,

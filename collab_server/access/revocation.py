@@ -95,10 +95,10 @@ class RevocationWatcher(Extension):
         def affected(document_id: UUID, conn: Connection) -> bool:
             room = hub.get(document_id) if hub is not None else None
             if document is not None:
-                return str(document_id) == document
+                return str(document_id) == str(document)
             if room is None or str(room.workspace_id) != workspace:
                 return False
-            return user is None or str(conn.info.user_id) == user
+            return user is None or str(conn.info.user_id) == str(user)
 
         self._schedule(affected)
 

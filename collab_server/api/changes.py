@@ -165,7 +165,8 @@ async def get_changes(request: Request) -> Response:
 
     async def read() -> list[asyncpg.Record]:
         async with user_transaction(ctx, access.user_id) as conn:
-            return await conn.fetch(_FEED, access.workspace_id, txid, cursor, limit + 1)
+            rows: list[asyncpg.Record] = await conn.fetch(_FEED, access.workspace_id, txid, cursor, limit + 1)
+            return rows
 
     rows = await read()
     if not rows and wait > 0:

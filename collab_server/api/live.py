@@ -12,7 +12,7 @@ import asyncio
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from pycrdt import Doc, TransactionEvent
@@ -63,8 +63,8 @@ async def editor_mode(ctx: AppContext, access: DocumentAccess) -> str | None:
     return str(value) if value is not None else None
 
 
-def _doc(update: bytes) -> Doc:
-    doc = Doc()
+def _doc(update: bytes) -> Doc[Any]:
+    doc: Doc[Any] = Doc()
     doc.apply_update(update)
     return doc
 
@@ -86,7 +86,7 @@ def initial_document(content: str, doc_type: str, editor_mode: str | None,
                      fields: Sequence[str] = RICH_TEXT_FIELDS) -> tuple[bytes, str]:
     """A new document's state holding `content` (Markdown) in the structure its editor uses, and
     that content as the server reads it back (normalised for a rich-text document)."""
-    doc = Doc()
+    doc: Doc[Any] = Doc()
     if content and doc_type != "mindmap":
         with doc.transaction():
             write_markdown(doc, content, doc_type, editor_mode=editor_mode, fields=fields)
@@ -142,7 +142,7 @@ async def apply(ctx: AppContext, access: DocumentAccess, update: bytes, who: Cli
 # -- edits that start from content: restore, Markdown writes ----------------------------------
 
 
-def _captured(current: bytes, edit: Callable[[Doc], None]) -> bytes:
+def _captured(current: bytes, edit: Callable[[Doc[Any]], None]) -> bytes:
     """The one Yjs update `edit` makes to a copy of `current` (built off the event loop); it
     merges with whatever else happened meanwhile like any edit."""
     doc = _doc(current)

@@ -151,13 +151,13 @@ class OfflineSync:
         self.api = api
         self.workspace_id = str(workspace_id)
         self.cursor = cursor
-        self.docs: dict[str, Doc] = {}
+        self.docs: dict[str, Doc[Any]] = {}
         self.dirty: set[str] = set()  # edited locally, not yet pushed
         self.deleted: set[str] = set()  # tombstoned on the server
         self._applying = False
         self._subscriptions: dict[str, Any] = {}
 
-    def doc(self, document_id: str) -> Doc:
+    def doc(self, document_id: str) -> Doc[Any]:
         """The local copy (empty until pulled); local transactions on it are pushed later."""
         document_id = str(document_id)
         doc = self.docs.get(document_id)
@@ -168,7 +168,8 @@ class OfflineSync:
 
     def text(self, document_id: str) -> Text:
         """The Y.Text of a source-editor document (for rich-text documents use `markdown`)."""
-        return self.doc(document_id).get(TEXT_FIELD, type=Text)
+        text: Text = self.doc(document_id).get(TEXT_FIELD, type=Text)
+        return text
 
     def markdown(self, document_id: str, doc_type: str = "markdown") -> str:
         """The local copy's content as Markdown, whichever structure holds it."""

@@ -32,7 +32,7 @@ class YClient:
     def __init__(
         self,
         url: str,
-        doc: Doc | None = None,
+        doc: Doc[Any] | None = None,
         *,
         headers: dict[str, str] | None = None,
         max_size: int | None = 64 * 1024 * 1024,

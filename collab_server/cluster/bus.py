@@ -30,6 +30,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any, cast
 from uuid import UUID
 
 import redis.asyncio as aioredis
@@ -53,6 +54,9 @@ KIND_AWARENESS = b"a"
 def stream_key(document_id: UUID) -> str:
     return f"{PREFIX}doc:{document_id}"
 
+
+# What XREAD answers: per stream key, its entries as (entry id, fields).
+Replies = list[tuple[bytes | str, list[tuple[bytes, dict[bytes, bytes]]]]] | None
 
 PROCESSES = f"{PREFIX}processes"  # sorted set: process id -> last heartbeat (ms)
 
@@ -191,9 +195,9 @@ class Bus(Extension):
             if not self._positions or self.alone:
                 await asyncio.sleep(0.05)
                 continue
-            streams = {stream_key(doc): pos for doc, pos in self._positions.items()}
+            streams: dict[Any, Any] = {stream_key(doc): pos for doc, pos in self._positions.items()}
             try:
-                replies = await self._reader_redis.xread(streams, count=1000, block=100)
+                replies = cast(Replies, await self._reader_redis.xread(streams, count=1000, block=100))
             except (RedisError, OSError) as exc:
                 self._set_unhealthy(exc)
                 await asyncio.sleep(delay)

@@ -11,6 +11,7 @@ markdown-it-py, the Python port of the parser prosemirror-markdown itself uses.
 
 from __future__ import annotations
 
+import builtins
 import re
 import unicodedata
 from collections.abc import Iterator
@@ -167,7 +168,7 @@ class _Writer:
         return "![" + escape(str(node.attrs.get("alt") or ""), False) + "](" + re.sub(r"[()]", r"\\\g<0>", src) \
             + title_part + ")"
 
-    def inline(self, children: list[Node | Span], line_start: bool = True) -> str:
+    def inline(self, children: builtins.list[Node | Span], line_start: bool = True) -> str:
         items = _inline_items(children)
         out: list[str] = []
         active: list[tuple[str, Any]] = []

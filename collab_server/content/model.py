@@ -34,21 +34,23 @@ def rich_fields(preferred: str = "default") -> tuple[str, ...]:
     return (preferred, *(f for f in RICH_TEXT_FIELDS if f != preferred))
 
 
-def _fragment(doc: Doc, name: str) -> XmlFragment | None:
+def _fragment(doc: Doc[Any], name: str) -> XmlFragment | None:
     try:
-        return doc.get(name, type=XmlFragment)
+        fragment: XmlFragment = doc.get(name, type=XmlFragment)
+        return fragment
     except Exception:  # the name holds another shared type
         return None
 
 
-def _text(doc: Doc) -> Text | None:
+def _text(doc: Doc[Any]) -> Text | None:
     try:
-        return doc.get(TEXT_FIELD, type=Text)
+        text: Text = doc.get(TEXT_FIELD, type=Text)
+        return text
     except Exception:
         return None
 
 
-def _filled_fragment(doc: Doc, fields: Sequence[str]) -> XmlFragment | None:
+def _filled_fragment(doc: Doc[Any], fields: Sequence[str]) -> XmlFragment | None:
     for name in fields:
         fragment = _fragment(doc, name)
         if fragment is not None and _has_children(fragment):
@@ -60,7 +62,7 @@ def _has_children(fragment: XmlFragment) -> bool:
     return next(iter(fragment.children), None) is not None
 
 
-def read_markdown(doc: Doc, doc_type: str, fields: Sequence[str] = RICH_TEXT_FIELDS) -> str:
+def read_markdown(doc: Doc[Any], doc_type: str, fields: Sequence[str] = RICH_TEXT_FIELDS) -> str:
     """The readable Markdown of whatever the document holds."""
     if doc_type == "mindmap":
         return mindmap_outline(doc)
@@ -75,7 +77,7 @@ class ContentError(ValueError):
     """The document's content cannot be written from Markdown (e.g. a mind map)."""
 
 
-def write_markdown(doc: Doc, source: str, doc_type: str, *, editor_mode: str | None = None,
+def write_markdown(doc: Doc[Any], source: str, doc_type: str, *, editor_mode: str | None = None,
                    fields: Sequence[str] = RICH_TEXT_FIELDS) -> None:
     """Turn the document's content into `source` as a minimal edit. Call inside a transaction."""
     if doc_type == "mindmap":
@@ -93,7 +95,7 @@ def write_markdown(doc: Doc, source: str, doc_type: str, *, editor_mode: str | N
     yxml.replace(fragment, markdown.parse(source, dialect))
 
 
-def copy_content(doc: Doc, version: Doc, doc_type: str, fields: Sequence[str] = RICH_TEXT_FIELDS) -> None:
+def copy_content(doc: Doc[Any], version: Doc[Any], doc_type: str, fields: Sequence[str] = RICH_TEXT_FIELDS) -> None:
     """Make `doc`'s content what `version` holds, every attribute and mark included (a restore)."""
     if doc_type == "mindmap":
         _copy_mindmap(doc, version)
@@ -110,7 +112,7 @@ def copy_content(doc: Doc, version: Doc, doc_type: str, fields: Sequence[str] = 
         rewrite_text(target_text, str(source_text))
 
 
-def _copy_mindmap(doc: Doc, version: Doc) -> None:
+def _copy_mindmap(doc: Doc[Any], version: Doc[Any]) -> None:
     for key in (MINDMAP_NODES, MINDMAP_EDGES):
         target, source = doc.get(key, type=Array), version.get(key, type=Array).to_py() or []
         if target.to_py() != source:
@@ -122,7 +124,7 @@ def _copy_mindmap(doc: Doc, version: Doc) -> None:
         layout.update(source_layout or {})
 
 
-def mindmap_outline(doc: Doc) -> str:
+def mindmap_outline(doc: Doc[Any]) -> str:
     """Node labels as a nested bullet list: parents from edges (source -> target) or a node's
     `parent` / `parentId`; nodes without a parent are roots, in their array order."""
     try:

@@ -10,8 +10,9 @@ those items) and concurrent edits elsewhere survive.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterable, Sequence
 from difflib import SequenceMatcher
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from pycrdt import XmlElement, XmlFragment, XmlText
@@ -32,10 +33,13 @@ def read(fragment: Container) -> list[Node | Span]:
     return [_read(child) for child in fragment.children]
 
 
-def _read(item: XmlElement | XmlText) -> Node | Span:
+def _read(item: XmlElement | XmlText | XmlFragment) -> Node | Span:
     if isinstance(item, XmlText):
         return Span([Run(text, dict(attrs or {})) for text, attrs in item.diff() if isinstance(text, str)])
-    return Node(item.tag or "", plain(dict(item.attributes)), [_read(c) for c in item.children])
+    if isinstance(item, XmlFragment):  # not a child of an element in practice; read as its children
+        return Node("", {}, [_read(c) for c in item.children])
+    attrs = dict(cast("Iterable[tuple[str, Any]]", item.attributes))  # pycrdt types __iter__ as Iterable
+    return Node(item.tag or "", plain(attrs), [_read(c) for c in item.children])
 
 
 # -- comparing ------------------------------------------------------------------------------
@@ -51,7 +55,7 @@ def _attrs(node: Node, full: bool) -> dict[str, Any]:
 def _marks(marks: dict[str, Any], full: bool) -> Any:
     if full:
         return sorted((k, orjson.dumps(plain(v), option=orjson.OPT_SORT_KEYS).decode()) for k, v in marks.items())
-    out = []
+    out: list[tuple[str, ...]] = []
     for name, value in marks.items():
         kind = mark_kind(name)
         if kind == "link":
@@ -158,7 +162,7 @@ def _edit_text(live: XmlText, old: Span, new: Span, full: bool) -> None:
         return
     byte_at = [0, *itertools.accumulate(len(ch.encode()) for ch, _ in old_chars)]  # pycrdt indexes by UTF-8 bytes
     if len(old_chars) * len(new_chars) > CHAR_DIFF_LIMIT:
-        ops = [("replace", 0, len(old_chars), 0, len(new_chars))]
+        ops: Sequence[tuple[str, int, int, int, int]] = [("replace", 0, len(old_chars), 0, len(new_chars))]
     else:
         ops = SequenceMatcher(None, old_chars, new_chars, autojunk=False).get_opcodes()
     for tag, i1, i2, j1, j2 in reversed(ops):

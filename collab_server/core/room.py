@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 from uuid import UUID
 
 from pycrdt import Doc, TransactionEvent, merge_updates
@@ -49,7 +50,7 @@ class Room:
         self.id = document_id
         self.workspace_id = workspace_id
         self.type = doc_type
-        self.doc = Doc()
+        self.doc: Doc[Any] = Doc()
         self.awareness = RoomAwareness()
         self.connections: set[Connection] = set()
         self._storage = storage

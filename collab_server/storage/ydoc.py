@@ -57,7 +57,7 @@ def compact(
             problems.append(f"skipped an undecodable update: {exc}")
     incoming = merge_updates(*valid) if len(valid) > 1 else (valid[0] if valid else b"")
     merged = merge_updates(state, incoming) if state and incoming else (state or incoming)
-    doc = Doc()
+    doc: Doc[Any] = Doc()
     if merged:
         doc.apply_update(merged)
     try:
@@ -78,12 +78,12 @@ def ready() -> bool:
 
 
 def markdown_of(update: bytes, doc_type: str, fields: Sequence[str] = RICH_TEXT_FIELDS) -> str:
-    doc = Doc()
+    doc: Doc[Any] = Doc()
     doc.apply_update(update)
     return storable_text(read_markdown(doc, doc_type, fields))
 
 
-def read_mindmap(doc: Doc) -> dict[str, Any]:
+def read_mindmap(doc: Doc[Any]) -> dict[str, Any]:
     nodes = doc.get(MINDMAP_NODES, type=Array).to_py() or []
     edges = doc.get(MINDMAP_EDGES, type=Array).to_py() or []
     layout = doc.get(MINDMAP_LAYOUT, type=Map).to_py() or {}
@@ -91,8 +91,8 @@ def read_mindmap(doc: Doc) -> dict[str, Any]:
     return {"nodes": nodes, "edges": edges, "layout_type": str(layout_type)[:50], "layout_settings": layout}
 
 
-def state_of(state: bytes | None, updates: list[bytes]) -> Doc:
-    doc = Doc()
+def state_of(state: bytes | None, updates: list[bytes]) -> Doc[Any]:
+    doc: Doc[Any] = Doc()
     if state:
         doc.apply_update(state)
     for update in updates:
