@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -19,6 +18,7 @@ from collab_server.client import YClient
 from collab_server.core.awareness import decode_entries, encode_entries
 from collab_server.core.protocol import Kind, decode, encode_awareness, encode_sync_step1
 from collab_server.storage.postgres import open_document_id
+from tests.waiting import eventually
 
 try:  # tests/ without __init__.py (rootdir-relative "prepend" import mode) ...
     from nodeclient import ClientHandle, NodeClients, ensure_node_modules
@@ -26,16 +26,6 @@ except ModuleNotFoundError:  # ... or tests/ as a package
     from tests.nodeclient import ClientHandle, NodeClients, ensure_node_modules
 
 
-async def eventually(probe: Callable[[], Awaitable[Any]], check: Callable[[Any], bool], within: float = 10.0) -> Any:
-    """Poll ``probe`` until ``check`` accepts its value."""
-    deadline = time.monotonic() + within
-    while True:
-        value = await probe()
-        if check(value):
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not reached within {within}s; last value: {value!r}")
-        await asyncio.sleep(0.02)
 
 
 async def node_clients() -> NodeClients:
@@ -156,12 +146,12 @@ async def test_offline_edits_merge_on_reconnect(server) -> None:
         await b.call("insert", index=4, text="{B}")
         await a.call("mapSet", map="m", key="a", value=1)
         await b.call("mapSet", map="m", key="b", value=2)
-        await asyncio.sleep(0.2)
+        await eventually(lambda: room_text(server, "offline"), lambda t: t == "base{B}[B-online]", what="B's edits")
         assert await a.text() == "[A-offline]base{A}"
         assert await b.text() == "base{B}[B-online]"
 
         await a.call("reconnect", timeoutMs=5000)
-        texts = await eventually(lambda: asyncio.gather(a.text(), b.text()), lambda v: v[0] == v[1], within=5)
+        texts = await eventually(lambda: asyncio.gather(a.text(), b.text()), lambda v: v[0] == v[1], timeout=5)
         assert texts[0].startswith("[A-offline]base")
         assert len(texts[0]) == len("[A-offline]base{A}{B}[B-online]")
         for part in ("[A-offline]", "{A}", "[B-online]", "{B}", "base"):
@@ -199,7 +189,9 @@ async def test_awareness_follows_cursor_and_is_removed_within_1s(server) -> None
         states = (await b.call("waitAwareness", clientId=a.client_id,
                                match={"cursor": {"anchor": 42, "head": 43}}, timeoutMs=5000))["states"]
         assert states[str(a.client_id)] == {"user": "alice", "cursor": {"anchor": 42, "head": 43}}
-        await asyncio.sleep(0.1)  # nothing older may arrive after the last move
+        # A round trip after the last move: anything older would have arrived before it.
+        await a.call("setAwarenessField", field="marker", value=1)
+        await b.call("waitAwareness", clientId=a.client_id, match={"marker": 1}, timeoutMs=5000)
         states = await b.awareness_states()
         assert states[str(a.client_id)]["cursor"] == {"anchor": 42, "head": 43}
         assert set(states) == {str(a.client_id), str(b.client_id)}
@@ -223,7 +215,6 @@ async def test_awareness_follows_cursor_and_is_removed_within_1s(server) -> None
         # The server forgot both: a newcomer sees only b.
         d = await nc.connect("d", server.ws_base, "presence", awareness={"user": "dave"})
         await d.call("waitAwareness", clientId=b.client_id, match={"user": "bob"}, timeoutMs=1000)
-        await asyncio.sleep(0.2)
         assert set(await d.awareness_states()) == {str(b.client_id), str(d.client_id)}
 
 
@@ -273,12 +264,15 @@ async def test_fifty_rooms_two_clients_each_no_cross_talk(server) -> None:
         async def converged(i: int, a: ClientHandle, b: ClientHandle) -> str:
             options = (f"<a{i:02d}><b{i:02d}>", f"<b{i:02d}><a{i:02d}>")
             ta, _ = await eventually(lambda: asyncio.gather(a.text(), b.text()),
-                                      lambda v: v[0] == v[1] and v[0] in options, within=10)
+                                      lambda v: v[0] == v[1] and v[0] in options, timeout=10)
             await b.call("waitMap", map="m", value={"room": rooms[i]}, timeoutMs=5000)
             return str(ta)
 
         texts = await asyncio.gather(*(converged(i, a, b) for i, (a, b) in enumerate(pairs)))
-        await asyncio.sleep(0.3)  # let anything misrouted arrive
+        # A round trip per room: whatever the server sent before it (misrouted frames included) is in.
+        await asyncio.gather(*(a.call("mapSet", map="m", key="done", value=i) for i, (a, _b) in enumerate(pairs)))
+        await asyncio.gather(*(b.call("waitMap", map="m", value={"room": rooms[i], "done": i}, timeoutMs=5000)
+                               for i, (_a, b) in enumerate(pairs)))
         for i, (a, b) in enumerate(pairs):
             assert await a.text() == await b.text() == texts[i]
             assert room_text(server, rooms[i]) == texts[i]
@@ -310,7 +304,6 @@ async def test_lone_client_hears_its_own_awareness_echo(server) -> None:
     # newcomer sees it immediately.
     async with await node_clients() as nc:
         a = await nc.connect("a", server.ws_base, "lonely-node", awareness={"user": "alone"})
-        await asyncio.sleep(0.3)
         status = await a.status()
         assert status["wsconnected"] and status["closeCount"] == 0
         b = await nc.connect("b", server.ws_base, "lonely-node")

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from collections.abc import Awaitable, Callable
 from typing import Any
+
+from tests.waiting import eventually
 
 try:  # tests/ without __init__.py (rootdir-relative "prepend" import mode) ...
     from nodeclient import (
@@ -34,17 +35,6 @@ except ModuleNotFoundError:  # ... or tests/ as a package
 ROOM = "harness-room"
 
 
-async def eventually(probe: Callable[[], Awaitable[Any]], check: Callable[[Any], bool],
-                     within: float = 10.0) -> Any:
-    """Poll ``probe`` until ``check`` accepts its value; for state that has no node-side wait command."""
-    deadline = asyncio.get_running_loop().time() + within
-    while True:
-        value = await probe()
-        if check(value):
-            return value
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"condition not reached within {within}s; last value: {value!r}")
-        await asyncio.sleep(0.02)
 
 
 def require_node() -> None:

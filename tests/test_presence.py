@@ -13,17 +13,7 @@ from collab_server.cluster.presence import Presence, fields_from_awareness, inde
 from collab_server.runtime.embedded import EmbeddedRedis
 from collab_server.storage.postgres import open_document_id
 from tests.conftest import RunningServer, make_settings
-
-
-async def wait_until(predicate, timeout: float = 5.0, step: float = 0.05):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s (last value {value!r})")
-        await asyncio.sleep(step)
+from tests.waiting import eventually
 
 
 async def listing(server, room: str) -> list[dict]:  # type: ignore[no-untyped-def]
@@ -35,7 +25,7 @@ async def listing(server, room: str) -> list[dict]:  # type: ignore[no-untyped-d
 async def test_fresh_record_has_a_300_second_ttl_and_clean_disconnect_removes_it(server, redis_url) -> None:
     redis = aioredis.from_url(redis_url)
     client = await YClient(server.ws_url("p1") + "?device_type=desktop&device_name=Laptop").connect()
-    people = await wait_until(lambda: listing(server, "p1"))
+    people = await eventually(lambda: listing(server, "p1"))
     assert len(people) == 1
     record = people[0]
     assert record["device_type"] == "desktop" and record["device_name"] == "Laptop"
@@ -44,7 +34,7 @@ async def test_fresh_record_has_a_300_second_ttl_and_clean_disconnect_removes_it
     assert 299 <= ttl <= 300
     await client.close()
     started = time.monotonic()
-    await wait_until(lambda: _empty(listing(server, "p1")), timeout=1.0, step=0.01)
+    await eventually(lambda: _empty(listing(server, "p1")), timeout=1.0, step=0.01)
     assert not await redis.exists(record_key(record["connection_id"]))
     assert time.monotonic() - started < 1.0
     await redis.aclose()
@@ -56,16 +46,16 @@ async def _empty(coro) -> bool:  # type: ignore[no-untyped-def]
 
 async def test_dropped_connection_removes_the_record(server) -> None:
     client = await YClient(server.ws_url("p2")).connect()
-    await wait_until(lambda: listing(server, "p2"))
+    await eventually(lambda: listing(server, "p2"))
     client.abort()
-    await wait_until(lambda: _empty(listing(server, "p2")), timeout=2.0)
+    await eventually(lambda: _empty(listing(server, "p2")), timeout=2.0)
 
 
 async def test_heartbeat_renews_the_ttl(make_server, redis_url) -> None:
     server = await make_server(presence_ttl_seconds=6, presence_heartbeat_seconds=1, process_heartbeat_seconds=0.5)
     redis = aioredis.from_url(redis_url)
     client = await YClient(server.ws_url("p3")).connect()
-    record = (await wait_until(lambda: listing(server, "p3")))[0]
+    record = (await eventually(lambda: listing(server, "p3")))[0]
     key = record_key(record["connection_id"])
     await asyncio.sleep(2.5)  # without renewal the TTL would be down to ~3 s
     assert await redis.pttl(key) > 4500
@@ -76,7 +66,7 @@ async def test_heartbeat_renews_the_ttl(make_server, redis_url) -> None:
 async def test_two_devices_of_one_user_are_two_entries(server) -> None:
     web = await YClient(server.ws_url("p4") + "?device_type=web").connect()
     desk = await YClient(server.ws_url("p4") + "?device_type=desktop").connect()
-    people = await wait_until(lambda: _count(listing(server, "p4"), 2))
+    people = await eventually(lambda: _count(listing(server, "p4"), 2))
     assert sorted(p["device_type"] for p in people) == ["desktop", "web"]
     assert len({p["user_id"] for p in people}) == 1
     await web.close()
@@ -94,7 +84,7 @@ async def test_awareness_fields_are_mapped_and_coalesced(server) -> None:
         client.set_awareness({"user": {"name": "Ada", "color": "#f00"}, "cursor": {"anchor": i, "head": i + 1},
                               "typing": True, "blockId": "b-7"})
         await asyncio.sleep(0.01)
-    people = await wait_until(lambda: _with_cursor(listing(server, "p5"), 20), timeout=2.5)
+    people = await eventually(lambda: _with_cursor(listing(server, "p5"), 20), timeout=2.5)
     p = people[0]
     assert p["selection_range"] == {"anchor": 19, "head": 20}
     assert p["is_typing"] is True and p["current_block_id"] == "b-7" and p["user"] == {"name": "Ada", "color": "#f00"}
@@ -121,15 +111,15 @@ async def test_dead_process_leaves_listing_fast_and_redis_by_ttl(spawn_server, s
         COLLAB_PRESENCE_TTL_SECONDS="5", COLLAB_PRESENCE_HEARTBEAT_SECONDS="1",
     )
     client = await YClient(f"{victim.ws_base}/p6").connect()
-    people = await wait_until(lambda: listing(server, "p6"))
+    people = await eventually(lambda: listing(server, "p6"))
     key = record_key(people[0]["connection_id"])
     victim.kill()
     killed = time.monotonic()
-    await wait_until(lambda: _empty(listing(server, "p6")), timeout=5)
+    await eventually(lambda: _empty(listing(server, "p6")), timeout=5)
     assert time.monotonic() - killed < 4  # well inside the 30 s promise with these settings
     redis = aioredis.from_url(redis_url)
     assert await redis.exists(key)  # still in Redis: only the listing filters it ...
-    await wait_until(lambda: _gone(redis, key), timeout=8)  # ... until the TTL cleans it up
+    await eventually(lambda: _gone(redis, key), timeout=8)  # ... until the TTL cleans it up
     await redis.aclose()
     await client.wait_closed(1)
 
@@ -145,7 +135,7 @@ async def test_redis_outage_does_not_stop_editing(db_url: str, tmp_path: Path) -
     try:
         a = await YClient(server.ws_url("p7")).connect()
         b = await YClient(server.ws_url("p7")).connect()
-        await wait_until(lambda: _count(listing(server, "p7"), 2))
+        await eventually(lambda: _count(listing(server, "p7"), 2))
         private.stop()
         async with httpx.AsyncClient() as http:
             ready = await http.get(f"{server.http}/readyz")
@@ -156,7 +146,7 @@ async def test_redis_outage_does_not_stop_editing(db_url: str, tmp_path: Path) -
         await b.wait_for(lambda: str(b.doc.get("content", type=Text)) == "still editing", timeout=3)
         assert (await server.get("/api/documents/p7/presence")).status_code == 503
         private.restart_same_port()
-        people = await wait_until(lambda: _count(listing(server, "p7"), 2), timeout=6)
+        people = await eventually(lambda: _count(listing(server, "p7"), 2), timeout=6)
         assert len(people) == 2
         assert not a.closed.is_set() and not b.closed.is_set()
         await a.close()

@@ -20,18 +20,17 @@ Documented differences the server may have from the JS side (see `_expected_doc`
 
 from __future__ import annotations
 
-import asyncio
 import json
 import shutil
 import subprocess
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 import httpx
 import pytest
 
 from collab_server.storage.postgres import open_document_id
+from tests.waiting import eventually
 
 try:  # tests/ without __init__.py (rootdir-relative "prepend" import mode) ...
     from nodeclient import NODE_DIR, RefServer, node_available
@@ -71,17 +70,6 @@ async def put_content(server: Any, room: str, markdown: str) -> httpx.Response:
                                 headers={"Content-Type": "text/markdown; charset=utf-8"})
 
 
-async def eventually(probe: Callable[[], Awaitable[Any]], check: Callable[[Any], bool],
-                     within: float = WAIT) -> tuple[bool, Any]:
-    """Poll ``probe`` until ``check`` accepts its value: (True, value), or (False, last value) after ``within``."""
-    deadline = time.monotonic() + within
-    while True:
-        value = await probe()
-        if check(value):
-            return True, value
-        if time.monotonic() > deadline:
-            return False, value
-        await asyncio.sleep(0.05)
 
 
 def canonical(value: Any) -> str:
@@ -207,8 +195,8 @@ async def test_server_get_content_matches_js_serialisation(server: Any, rt: Rich
 
         # Poll only while the route answers 200 with other text (the write may still be on its way).
         want = case["serialized"]
-        _, (status, text) = await eventually(
-            probe, lambda v, want=want: v[0] != 200 or v[1].rstrip("\n") == want, within=SETTLE)
+        status, text = await eventually(
+            probe, lambda v, want=want: v[0] != 200 or v[1].rstrip("\n") == want, timeout=SETTLE, strict=False)
         if status == 200 and await _accept_markdown(rt, schema, case, text):
             http_errors = 0
             continue
@@ -254,9 +242,9 @@ async def test_server_put_content_reaches_a_tiptap_editor_as_tiptap_writes_it(se
             async def probe(client: str = client) -> dict[str, Any]:
                 return await rt.read(schema, client=client)
 
-            ok, got = await eventually(probe, lambda v, want=want: not v["dropped"] and _same_doc(v["json"], want),
-                                       within=SETTLE)
-            if not ok:
+            got = await eventually(probe, lambda v, want=want: not v["dropped"] and _same_doc(v["json"], want),
+                                   timeout=SETTLE, strict=False)
+            if got["dropped"] or not _same_doc(got["json"], want):
                 documents.append(f"[{case['name']}] input {case['markdown']!r}\n  want {canonical(want)}\n"
                                  f"  got  {canonical(got['json'])}" + ("\n  (schema rejected part of the fragment: "
                                                                        f"{canonical(got.get('fragmentBefore'))})"
@@ -357,9 +345,9 @@ async def test_server_get_content_reflects_a_live_editor_change(server: Any, rt:
     try:
         edited = await rt.edit("editor", "tiptap", markdown=ORIGINAL + "\n\n- [x] done")
         want = edited["markdown"]
-        ok, (status, text) = await eventually(lambda: _status_text(get_content(server, room)),
-                                              lambda v: v[0] == 200 and v[1].rstrip("\n") == want)
-        assert ok, f"GET /content: HTTP {status} {text[:500]!r}, want {edited['markdown']!r}"
+        await eventually(lambda: _status_text(get_content(server, room)),
+                         lambda v: v[0] == 200 and v[1].rstrip("\n") == want, timeout=WAIT,
+                         what=f"GET /content = {want!r}")
     finally:
         await rt.close_client("editor")
 

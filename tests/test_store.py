@@ -21,7 +21,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,7 @@ from collab_server.storage.migrate import migrate
 from collab_server.storage.postgres import LOCAL_USER_ID, open_document_id
 from collab_server.storage.ydoc import state_of
 from tests.conftest import RunningServer, make_settings
+from tests.waiting import eventually
 
 TAG = re.compile(r"[A-Za-z]+\d+(?:\.\d+)?;")
 
@@ -76,17 +77,6 @@ async def pending_rows(conn: asyncpg.Connection, document_id: uuid.UUID) -> int:
     return int(await conn.fetchval("SELECT count(*) FROM document_updates WHERE document_id = $1", document_id))
 
 
-async def eventually(check: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout}s")
-        await asyncio.sleep(0.02)
 
 
 class Typist:
@@ -431,7 +421,8 @@ async def test_full_backlog_refuses_edits_with_1013_and_keeps_what_it_accepted(
         assert "backlog" in writer.close_reason
         assert server.ctx.wal.backlog_bytes <= limit
 
-        await asyncio.sleep(0.2)
+        room_now = str(server.ctx.hub.get(document_id).doc.get("content", type=Text))  # type: ignore[union-attr]
+        await eventually(lambda: text_of(observer.doc) == room_now, what="the observer has what the room took")
         accepted = tags_in(text_of(observer.doc))
         assert 0 < len(accepted) < len(typist.sent)
         # What the server took is a prefix of what was sent; the rest was refused, visibly.

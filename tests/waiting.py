@@ -6,9 +6,7 @@ import asyncio
 import inspect
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
-
-T = TypeVar("T")
+from typing import Any
 
 
 async def eventually(
@@ -18,9 +16,11 @@ async def eventually(
     timeout: float = 5.0,
     step: float = 0.02,
     what: str = "condition",
+    strict: bool = True,
 ) -> Any:
     """Call `probe` (sync or async) until `check(result)` holds; return that result, or raise
-    AssertionError after `timeout` seconds naming `what` and the last result."""
+    AssertionError after `timeout` seconds naming `what` and the last result. With
+    `strict=False` the last result is returned instead (for a test that collects failures)."""
     deadline = time.monotonic() + timeout
     last: Any = None
     while True:
@@ -30,5 +30,7 @@ async def eventually(
         if check(last):
             return last
         if time.monotonic() >= deadline:
+            if not strict:
+                return last
             raise AssertionError(f"timed out after {timeout:g} s waiting for {what}; last value: {last!r}")
         await asyncio.sleep(step)

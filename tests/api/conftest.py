@@ -3,9 +3,7 @@ HTTP client per role."""
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +13,7 @@ import pytest
 from collab_server.runtime.demo import Demo
 from tests.conftest import RunningServer
 from tests.test_auth import SECRET, setup_demo
+from tests.waiting import eventually as eventually  # re-exported for the API tests
 
 ROLES = ("editor", "viewer", "commenter", "outsider")
 
@@ -62,12 +61,3 @@ def error_of(response: httpx.Response) -> dict[str, Any]:
     return body["error"]  # type: ignore[no-any-return]
 
 
-async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 5.0, step: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not true within {timeout} s (last value {value!r})")
-        await asyncio.sleep(step)
