@@ -7,7 +7,7 @@
    Y.XmlFragment -> Markdown, a compaction (merge + conversion), and a one-paragraph Markdown
    write as a minimal edit. Median of 3.
 2. Relay latency while that document is edited and compacted (and so converted) every few
-   updates: `collab-server loadtest` at --rate updates/s on other documents, with conversion in
+   updates: `collab-loadtest` at --rate updates/s on other documents, with conversion in
    a worker process (COLLAB_CONVERSION_PROCESSES=1, the default) and, in the same run, in a
    thread beside the event loop (=0, how v1 ran compaction). The server, PostgreSQL and Redis
    share one CPU; the load generator runs on the other; its CPU use is reported.
