@@ -1,4 +1,4 @@
-"""The load generator (`collab-server loadtest`): measures real deliveries, finds no loss where
+"""The load generator (`collab-loadtest`): measures real deliveries, finds no loss where
 there is none, checks convergence, and drives the reference server the same way as ours."""
 
 from __future__ import annotations
