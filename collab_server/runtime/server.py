@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import logging
 import multiprocessing
 import os
 import signal
@@ -83,12 +84,21 @@ def serve(settings: Settings, database_url: str, redis_url: str, sock: socket.so
     server.run(sockets=[sock])
 
 
+def _worker(settings: Settings, database_url: str, redis_url: str, sock: socket.socket) -> None:
+    """A forked worker: serve until shut down (everything flushed and stopped by then), then exit
+    at once. multiprocessing would otherwise join the conversion pool's processes at exit, and that
+    join has been seen to wait forever on a process already gone (1 exit in ~20 under load)."""
+    serve(settings, database_url, redis_url, sock)
+    logging.shutdown()
+    os._exit(0)
+
+
 def serve_workers(settings: Settings, database_url: str, redis_url: str, sock: socket.socket, workers: int) -> int:
     """N worker processes accepting on one socket; they share documents through the Redis bus.
     Signals are forwarded so every worker drains (closes with 1001, flushes) before we exit."""
     ctx = multiprocessing.get_context("fork")
     procs = [
-        ctx.Process(target=serve, args=(settings, database_url, redis_url, sock), name=f"collab-worker-{i}")
+        ctx.Process(target=_worker, args=(settings, database_url, redis_url, sock), name=f"collab-worker-{i}")
         for i in range(workers)
     ]
     for proc in procs:
