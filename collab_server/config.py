@@ -7,6 +7,7 @@ clear line instead of surfacing later as a confusing runtime error.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -68,6 +69,14 @@ def _parse_redis_url(raw: str) -> str:
     if parts.scheme not in {"redis", "rediss", "unix"}:
         raise ValueError("expected redis://host:port/db")
     return raw
+
+
+def _parse_networks(raw: str) -> tuple[str, ...]:
+    """Comma-separated addresses or CIDRs (validated here, compiled where they are used)."""
+    items = tuple(x.strip() for x in raw.split(",") if x.strip())
+    for item in items:
+        ipaddress.ip_network(item, strict=False)  # ValueError names the bad one
+    return items
 
 
 def _parse_auth(raw: str) -> str:
@@ -140,6 +149,16 @@ class Settings:
     )
     rate_connections_per_minute: int = field(
         default=600, metadata=_env("COLLAB_RATE_CONNECTIONS_PER_MINUTE", _parse_non_negative_int)
+    )
+    # What one address may open at once on top of the rate: a restart's reconnect storm from one
+    # office (or from a proxy that is not trusted) gets through, a flood does not.
+    rate_connections_burst: int = field(
+        default=2000, metadata=_env("COLLAB_RATE_CONNECTIONS_BURST", _parse_non_negative_int)
+    )
+    # Proxies whose X-Forwarded-For / Forwarded is believed (addresses or CIDRs), for the
+    # connection limits and the logs. Default: loopback, as uvicorn's own default.
+    trusted_proxies: tuple[str, ...] = field(
+        default=("127.0.0.1", "::1"), metadata=_env("COLLAB_TRUSTED_PROXIES", _parse_networks)
     )
     jwks_url: str | None = field(default=None, metadata=_env("COLLAB_JWKS_URL"))
     jwks_cooldown_seconds: float = field(

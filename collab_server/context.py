@@ -12,7 +12,7 @@ import asyncpg
 import redis.asyncio as aioredis
 
 from collab_server.access.auth import AccessResolver, TokenVerifier
-from collab_server.access.limits import AddressLimiter
+from collab_server.access.limits import AddressLimiter, TrustedProxies
 from collab_server.access.revocation import RevocationWatcher
 from collab_server.cluster.bus import Bus
 from collab_server.cluster.presence import Presence
@@ -39,5 +39,6 @@ class AppContext:
     address_limiter: AddressLimiter
     offloop: OffLoop
     counters: Counters
+    proxies: TrustedProxies
     revocation: RevocationWatcher | None = None
     bus: Bus | None = None

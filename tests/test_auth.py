@@ -22,6 +22,7 @@ from collab_server.access.auth import AccessResolver, as_user
 from collab_server.client import YClient
 from collab_server.core.protocol import encode_sync_step1
 from collab_server.runtime.demo import create_demo
+from collab_server.storage.postgres import open_document_id
 
 SECRET = "test-secret-test-secret-test-secret"
 
@@ -181,12 +182,37 @@ async def test_message_rate_limit(make_server, db) -> None:
 
 
 async def test_connection_rate_limit_per_address(make_server) -> None:
-    server = await make_server(rate_connections_per_minute=3)
+    server = await make_server(rate_connections_per_minute=3, rate_connections_burst=3)
     for _ in range(3):
         async with websockets.connect(server.ws_url("r")):
             pass
     body = await expect_refusal(server.ws_url("r"), 429)
     assert body["error"]["code"] == "too_many_requests"
+
+
+async def test_a_trusted_proxy_passes_the_client_address_an_untrusted_one_does_not(make_server) -> None:
+    """Behind a trusted proxy each client has its own budget; X-Forwarded-For from anyone else is
+    ignored (it would let a client pick a fresh address for every connection)."""
+    trusted = await make_server(rate_connections_per_minute=1, rate_connections_burst=1)  # trusts loopback
+    alice, bob = {"X-Forwarded-For": "203.0.113.5"}, {"X-Forwarded-For": "198.51.100.7, 127.0.0.1"}
+    async with websockets.connect(trusted.ws_url("p"), additional_headers=alice):
+        pass
+    assert (await expect_refusal(trusted.ws_url("p"), 429, alice))["error"]["code"] == "too_many_requests"
+    async with websockets.connect(trusted.ws_url("p"), additional_headers=bob):  # its own budget
+        room = trusted.ctx.hub.get(open_document_id("p"))
+        assert room is not None and {c.info.address for c in room.connections} == {"198.51.100.7"}
+    untrusting = await make_server(rate_connections_per_minute=1, rate_connections_burst=1, trusted_proxies=())
+    async with websockets.connect(untrusting.ws_url("p"), additional_headers=alice):
+        pass
+    await expect_refusal(untrusting.ws_url("p"), 429, bob)  # the header is not believed: same address
+
+
+async def test_a_burst_lets_a_reconnect_storm_through(make_server) -> None:
+    server = await make_server(rate_connections_per_minute=1, rate_connections_burst=40)
+    clients = [await YClient(server.ws_url("storm")).connect() for _ in range(40)]
+    await expect_refusal(server.ws_url("storm"), 429)
+    for c in clients:
+        await c.close()
 
 
 async def test_tokens_never_reach_the_logs(auth_server, db, caplog) -> None:

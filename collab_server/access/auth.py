@@ -10,13 +10,14 @@ import asyncio
 import os
 import secrets
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 from uuid import UUID
 
 import asyncpg
 import jwt
-from starlette.requests import HTTPConnection
 
 from collab_server.config import Settings
 
@@ -25,7 +26,17 @@ ALGORITHMS = ["HS256"]
 JWKS_ALGORITHMS = ["RS256", "ES256"]
 
 
-def token_from(conn: HTTPConnection) -> str | None:
+class _Carrier(Protocol):
+    """An HTTP request or a WebSocket upgrade: headers and query parameters."""
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+    @property
+    def query_params(self) -> Mapping[str, str]: ...
+
+
+def token_from(conn: _Carrier) -> str | None:
     """A bearer token from `Authorization: Bearer`, else `?token=` (browsers cannot set
     headers on a WebSocket). Works for HTTP requests and WebSockets alike."""
     header = conn.headers.get("authorization", "")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 
@@ -29,10 +31,12 @@ class TokenBucket:
 
 
 class AddressLimiter:
-    """Connections per address per minute; forgets idle addresses so memory stays bounded."""
+    """Connections per address per minute, with a burst on top; forgets idle addresses so memory
+    stays bounded."""
 
-    def __init__(self, per_minute: int, max_addresses: int = 100_000) -> None:
+    def __init__(self, per_minute: int, max_addresses: int = 100_000, burst: int = 0) -> None:
         self.per_minute = per_minute
+        self.burst = max(burst, per_minute)
         self._buckets: dict[str, TokenBucket] = {}
         self._max = max_addresses
 
@@ -43,7 +47,7 @@ class AddressLimiter:
         if bucket is None:
             if len(self._buckets) >= self._max:
                 self._prune()
-            bucket = self._buckets[address] = TokenBucket(self.per_minute / 60.0, float(self.per_minute))
+            bucket = self._buckets[address] = TokenBucket(self.per_minute / 60.0, float(self.burst))
         return bucket.take()
 
     def _prune(self) -> None:
@@ -52,3 +56,47 @@ class AddressLimiter:
             del self._buckets[address]
         if len(self._buckets) >= self._max:
             self._buckets.clear()
+
+
+class TrustedProxies:
+    """Which client address a request comes from, believing forwarding headers only from the
+    proxies we were told to trust: the right-most address that is not one of them."""
+
+    def __init__(self, networks: Iterable[str]) -> None:
+        self._networks = [ipaddress.ip_network(n, strict=False) for n in networks]
+
+    def trusts(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in net for net in self._networks)
+
+    def client(self, peer: str | None, headers: Mapping[str, str]) -> str | None:
+        if peer is None or not self._networks or not self.trusts(peer):
+            return peer
+        chain = _forwarded_for(headers)
+        for address in reversed(chain):
+            if not self.trusts(address):
+                return address
+        return chain[0] if chain else peer
+
+
+def _forwarded_for(headers: Mapping[str, str]) -> list[str]:
+    """The hop addresses, client first: X-Forwarded-For, else RFC 7239 Forwarded `for=`."""
+    xff = headers.get("x-forwarded-for")
+    if xff:
+        return [a.strip() for a in xff.split(",") if a.strip()]
+    forwarded = headers.get("forwarded")
+    out: list[str] = []
+    for element in (forwarded or "").split(","):
+        for pair in element.split(";"):
+            name, _, value = pair.strip().partition("=")
+            if name.lower() == "for" and value:
+                value = value.strip('"')
+                if value.startswith("["):  # [v6]:port
+                    value = value[1:value.find("]")] if "]" in value else value[1:]
+                elif value.count(":") == 1:  # v4:port
+                    value = value.split(":")[0]
+                out.append(value)
+    return out

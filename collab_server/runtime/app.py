@@ -9,16 +9,17 @@ import os
 import socket
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import redis.asyncio as aioredis
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import Route
 
 from collab_server import api
 from collab_server.access.auth import AccessResolver, TokenVerifier, load_secret
-from collab_server.access.limits import AddressLimiter
+from collab_server.access.limits import AddressLimiter, TrustedProxies
 from collab_server.access.revocation import RevocationWatcher
 from collab_server.cluster.bus import Bus
 from collab_server.cluster.presence import Presence
@@ -33,7 +34,7 @@ from collab_server.storage.migrate import migrate
 from collab_server.storage.offloop import OffLoop
 from collab_server.storage.postgres import DocumentStore, PostgresStorage
 from collab_server.storage.wal import WriteAhead
-from collab_server.transport.websocket import websocket_endpoint
+from collab_server.transport.websocket import STATE_KEY, Sockets
 
 from .metrics import Metrics
 
@@ -88,7 +89,8 @@ async def build_context(settings: Settings, database_url: str, redis_url: str) -
     )
     ctx = AppContext(
         settings, pool, redis, store, wal, hub, tokens, access, presence, process_id,
-        AddressLimiter(settings.rate_connections_per_minute), offloop, counters, revocation, bus,
+        AddressLimiter(settings.rate_connections_per_minute, burst=settings.rate_connections_burst), offloop,
+        counters, TrustedProxies(settings.trusted_proxies), revocation, bus,
     )
     return ctx, metrics
 
@@ -137,20 +139,23 @@ async def metrics(request: Request) -> Response:
 
 def create_app(settings: Settings, database_url: str, redis_url: str) -> Starlette:
     @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         ctx, app.state.metrics = await build_context(settings, database_url, redis_url)
         app.state.ctx = ctx
+        sockets = Sockets(ctx)
         await start_context(ctx)
+        sockets.start()
         try:
-            yield
+            # The lifespan state is what uvicorn hands the WebSocket protocol (`app_state`).
+            yield {STATE_KEY: sockets}
         finally:
+            sockets.stop()
             await stop_context(ctx)
 
     routes = [
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", metrics),
-        WebSocketRoute("/ws/{document_id:path}", websocket_endpoint),
         *api.routes,
     ]
     return Starlette(routes=routes, lifespan=lifespan, exception_handlers=api.exception_handlers)

@@ -7,6 +7,10 @@ process handed to each by the runtime.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import time
+from bisect import bisect_left
 from collections.abc import Callable
 
 from collab_server.core.connection import Connection
@@ -38,15 +42,67 @@ _HELP = {
     "collab_rooms": "rooms open on this process",
     "collab_connections": "connections open on this process",
     "collab_wal_backlog_bytes": "bytes waiting for the next write-ahead commit",
+    "collab_loop_lag_seconds": "event-loop lag: how late a 50 ms timer fired",
 }
+
+LAG_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
+LAG_PROBE_SECONDS = 0.05
+
+
+class LoopLag:
+    """How late the event loop runs a timer: the stall every connection feels at that moment."""
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(LAG_BUCKETS) + 1)
+        self.total = 0.0
+        self.max = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._probe(), name="loop-lag")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def observe(self, lag: float) -> None:
+        self.counts[bisect_left(LAG_BUCKETS, lag)] += 1
+        self.total += lag
+        self.max = max(self.max, lag)
+
+    async def _probe(self) -> None:
+        while True:
+            started = time.perf_counter()
+            await asyncio.sleep(LAG_PROBE_SECONDS)
+            self.observe(max(0.0, time.perf_counter() - started - LAG_PROBE_SECONDS))
+
+    def render(self, lines: list[str]) -> None:
+        name = "collab_loop_lag_seconds"
+        lines.append(f"# HELP {name} {_HELP[name]}")
+        lines.append(f"# TYPE {name} histogram")
+        cumulative = 0
+        for bound, count in zip(LAG_BUCKETS, self.counts, strict=False):
+            cumulative += count
+            lines.append(f'{name}_bucket{{le="{bound:g}"}} {cumulative}')
+        cumulative += self.counts[-1]
+        lines.append(f'{name}_bucket{{le="+Inf"}} {cumulative}')
+        lines.append(f"{name}_sum {self.total:.6f}")
+        lines.append(f"{name}_count {cumulative}")
 
 
 class Metrics(Extension):
     def __init__(self, counters: Counters) -> None:
         self.counters = counters
         self.gauges: dict[str, Callable[[], float]] = {}
+        self.lag = LoopLag()
+
+    async def on_stop(self) -> None:
+        await self.lag.stop()
 
     async def on_start(self, hub: Hub) -> None:
+        self.lag.start()
         self.gauges["collab_rooms"] = lambda: hub.room_count
         self.gauges["collab_connections"] = lambda: hub.connections
         self.gauges["collab_wal_backlog_bytes"] = lambda: hub.storage.backlog_bytes
@@ -87,4 +143,5 @@ class Metrics(Extension):
                 continue
             head(name, "gauge")
             lines.append(f"{name} {reading:g}")
+        self.lag.render(lines)
         return "\n".join(lines) + "\n"

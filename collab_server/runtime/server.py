@@ -14,6 +14,7 @@ import uvicorn
 from starlette.applications import Starlette
 
 from collab_server.config import Settings
+from collab_server.transport.websocket import WebSocketProtocol
 
 from .app import create_app
 
@@ -66,11 +67,10 @@ def uvicorn_config(app: Starlette, settings: Settings) -> uvicorn.Config:
         app,
         loop="uvloop",
         http="httptools",
-        ws="websockets-sansio",
-        ws_max_size=settings.max_message_bytes,
-        ws_ping_interval=settings.ping_interval or None,
-        ws_ping_timeout=settings.ping_timeout or None,
-        ws_per_message_deflate=False,
+        # uvicorn hands every upgrade request to this class (its `ws` option takes a protocol class);
+        # frame size, keepalive and compression (none) are the class's business, from our settings.
+        ws=WebSocketProtocol,
+        forwarded_allow_ips=list(settings.trusted_proxies),  # the same proxies for HTTP requests
         lifespan="on",
         log_config=None,
         access_log=False,

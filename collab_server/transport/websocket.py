@@ -1,8 +1,16 @@
-"""The WebSocket route (ASGI, under uvicorn): authenticate before any byte, then pump frames into the room.
+"""Our own WebSocket transport: websockets' sans-I/O `ServerProtocol` driven by an asyncio Protocol.
 
-Refusals happen before the upgrade (HTTP 401/403 with a JSON body) so a client without
-access never receives a byte of content. After that the loop is: receive a frame, decode
-it once, hand it to the room; any malformed frame closes only this connection.
+uvicorn parses HTTP and, at an upgrade request, hands the socket to the protocol class its
+configuration names (`uvicorn.Config(ws=...)` accepts a class, constructed with `config`,
+`server_state` and `app_state`): this one. HTTP stays on Starlette, on the same port. From the
+handshake on, bytes in → frames → decode → `room.handle`, synchronously, in `data_received`: no
+task and no queue per connection while it is idle. Frames out are written straight to the transport;
+the Connection's bounded queue takes over only while the transport is above its high-water mark
+(`pause_writing`). The handshake (authentication, the room's load) is the one task a connection gets,
+and reading is paused while it runs. Keepalive pings for every connection come from one task.
+
+Refusals happen before the upgrade (HTTP 401/403/404/429/503 with a JSON body) so a client without
+access never receives a byte of content; any malformed frame afterwards closes only its connection.
 """
 
 from __future__ import annotations
@@ -12,30 +20,86 @@ import contextlib
 import logging
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
 from uuid import UUID
 
-from starlette.responses import JSONResponse
-from starlette.websockets import WebSocket, WebSocketDisconnect
+import orjson
+from websockets.datastructures import Headers
+from websockets.exceptions import PayloadTooBig
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Request, Response
+from websockets.server import ServerProtocol
 
 from collab_server.access.auth import AuthError, token_from
 from collab_server.access.limits import TokenBucket
 from collab_server.context import AppContext
 from collab_server.core.connection import ClientInfo, Connection
-from collab_server.core.counters import Counters
 from collab_server.core.hub import RoomUnavailable
 from collab_server.core.protocol import CloseCode, Kind, ProtocolError, decode
 from collab_server.core.room import Room
 from collab_server.storage.postgres import LOCAL_USER_ID
 
 log = logging.getLogger("collab.transport")
+# websockets logs every open and close at INFO; our own close line carries more.
+_WS_LOG = logging.getLogger("collab.transport.websockets")
+_WS_LOG.setLevel(logging.WARNING)
 
+PATH_PREFIX = "/ws/"
 DEVICE_TYPES = {"web", "desktop", "mobile"}
+CLOSE_GRACE = 5.0  # seconds a client gets to answer our close frame before the socket counts as stuck
+STATE_KEY = "collab_sockets"  # where the lifespan state holds the `Sockets` of this app
+_REASONS = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
+            429: "Too Many Requests", 503: "Service Unavailable"}
 
 
-def client_info(ws: WebSocket, user_id: UUID | None, role: str) -> ClientInfo:
+@dataclass(frozen=True, slots=True)
+class Upgrade:
+    """The parts of an upgrade request that authentication reads (what `token_from` expects)."""
+
+    path: str
+    headers: Headers
+    query_params: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    status: int
+    code: str
+    message: str
+
+
+class Sockets:
+    """Every WebSocket of one app: its settings, the open connections and their keepalive."""
+
+    def __init__(self, ctx: AppContext) -> None:
+        self.ctx = ctx
+        self.open: set[WebSocketProtocol] = set()
+        self._keepalive: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._keepalive = asyncio.get_running_loop().create_task(self._tick_loop(), name="ws-keepalive")
+
+    def stop(self) -> None:
+        if self._keepalive is not None:
+            self._keepalive.cancel()
+
+    async def _tick_loop(self) -> None:
+        """Pings (when enabled) and the end of sockets whose client never finished a close."""
+        interval, timeout = self.ctx.settings.ping_interval, self.ctx.settings.ping_timeout
+        pings = interval > 0 and timeout > 0
+        tick = max(0.05, min(interval, timeout) / 4) if pings else 0.5
+        while True:
+            await asyncio.sleep(tick)
+            now = time.monotonic()
+            for sock in list(self.open):
+                sock.tick(now, interval if pings else 0.0, timeout)
+
+
+def client_info(upgrade: Upgrade, address: str | None, user_id: UUID | None, role: str) -> ClientInfo:
     def pick(name: str, limit: int) -> str | None:
-        value = ws.query_params.get(name) or ws.headers.get(f"x-{name.replace('_', '-')}")
+        value = upgrade.query_params.get(name) or upgrade.headers.get(f"x-{name.replace('_', '-')}")
         return value[:limit] if value else None
 
     device_type = (pick("device_type", 50) or "web").lower()
@@ -45,143 +109,354 @@ def client_info(ws: WebSocket, user_id: UUID | None, role: str) -> ClientInfo:
         device_type=device_type if device_type in DEVICE_TYPES else "web",
         device_name=pick("device_name", 255),
         client_version=pick("client_version", 50),
-        address=ws.client.host if ws.client else None,
+        address=address,
     )
 
 
-def find_protocol(send: Any) -> Any:
-    """uvicorn's protocol object behind an ASGI send callable (reached through Starlette's
-    wrappers). ASGI offers no way to abort a connection (a graceful close never completes
-    while the peer keeps its receive window shut) nor to write without a task switch."""
-    stack, seen = [send], set()
-    while stack:
-        fn = stack.pop()
-        if id(fn) in seen:
-            continue
-        seen.add(id(fn))
-        owner = getattr(fn, "__self__", None)
-        if hasattr(getattr(owner, "transport", None), "abort"):
-            return owner
-        for cell in getattr(fn, "__closure__", None) or ():
-            with contextlib.suppress(ValueError):
-                if callable(cell.cell_contents):
-                    stack.append(cell.cell_contents)
-    return None
+async def authorize(ctx: AppContext, upgrade: Upgrade, address: str | None) -> tuple[UUID | None, ClientInfo] | Refusal:
+    """Who may open which document. A document id that is not a UUID is (None, info): the socket is
+    accepted and closed with 4400, as y-websocket clients expect a close code for a bad room name."""
+    if not ctx.address_limiter.allow(address):
+        return Refusal(429, "too_many_requests", "too many connections from this address; slow down")
+    name = unquote(upgrade.path[len(PATH_PREFIX):])
+    if ctx.settings.auth == "off":
+        try:
+            document_id = await ctx.store.ensure_open_document(name)
+        except Exception as exc:
+            log.warning("open-mode document %r could not be created: %s", name, exc)
+            return Refusal(503, "unavailable", "the database is unavailable")
+        return document_id, client_info(upgrade, address, LOCAL_USER_ID, "editor")
+    try:
+        document_id = UUID(name)
+    except ValueError:
+        return None, client_info(upgrade, address, None, "viewer")
+    try:
+        claims = await ctx.tokens.verify(token_from(upgrade))
+        user_id = await ctx.access.user_id(str(claims["sub"]))
+        if user_id is None:
+            raise AuthError("unknown user")
+    except AuthError as exc:
+        return Refusal(401, "unauthorized", str(exc))
+    try:
+        access = await ctx.access.document_access(user_id, document_id)
+    except Exception as exc:
+        log.warning("access check failed: %s", exc)
+        return Refusal(503, "unavailable", "the database is unavailable")
+    if not access.visible or access.role is None:  # never say whether it exists
+        return Refusal(403, "forbidden", "no access to this document")
+    if access.gone:
+        return Refusal(404, "not_found", "document was deleted")
+    return document_id, client_info(upgrade, address, user_id, access.role)
 
 
-class AsgiPeer:
-    """The core's Peer over an ASGI WebSocket. ASGI offers no way to write without a task
-    switch nor to abort a connection (a graceful close never completes while the peer keeps
-    its receive window shut), so where uvicorn's protocol object can be found the writes and
-    aborts go to it directly; otherwise every frame takes the ASGI path."""
+def _json_response(status: int, code: str, message: str) -> Response:
+    body = orjson.dumps({"error": {"code": code, "message": message}})
+    headers = Headers([("Content-Type", "application/json"), ("Content-Length", str(len(body))),
+                       ("Connection", "close")])
+    return Response(status, _REASONS.get(status, "Error"), headers, body)
 
-    __slots__ = ("_address", "_proto", "_transport", "_ws", "reader", "receiving")
 
-    def __init__(self, ws: WebSocket) -> None:
-        self._ws = ws
-        self._address = ws.client.host if ws.client else None
-        proto = find_protocol(ws._send)
-        self._proto = proto if _supports_direct_send(proto) else None
-        self._transport: Any = getattr(proto, "transport", None)
-        self.reader: asyncio.Task[Any] | None = None  # the task reading frames
-        self.receiving = False  # the reader is blocked in receive() (and may be woken)
+class WebSocketProtocol(asyncio.Protocol):
+    """One WebSocket connection, and the core's `Peer` for it."""
+
+    def __init__(self, config: Any, server_state: Any, app_state: dict[str, Any], **_: Any) -> None:
+        self._sockets: Sockets = app_state[STATE_KEY]
+        self._ctx = self._sockets.ctx
+        self._server_state = server_state  # uvicorn's: `connections` is what its graceful shutdown waits for
+        settings = self._ctx.settings
+        self._ws = ServerProtocol(max_size=settings.max_message_bytes, logger=_WS_LOG)
+        self._transport: asyncio.Transport | None = None
+        self._address: str | None = None
+        self._handshake: asyncio.Task[None] | None = None
+        self._paused = False
+        self._resumed: asyncio.Future[None] | None = None
+        self._lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._fragments: list[bytes] | None = None
+        self._ping_at = 0.0  # when the last ping went out (0: none outstanding)
+        self._close_sent_at = 0.0
+        self._next_ping = 0.0
+        self._bucket: TokenBucket | None = None
+        self.conn: Connection | None = None
+        self.room: Room | None = None
+
+    # -- asyncio.Protocol ----------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]  # uvloop's transport is not a subclass
+        peer = transport.get_extra_info("peername")
+        self._address = peer[0] if isinstance(peer, tuple) and peer else None
+        self._server_state.connections.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        ws = self._ws
+        ws.receive_data(data)
+        events = ws.events_received()
+        if self.conn is None:
+            for event in events:
+                if isinstance(event, Request) and self._handshake is None:
+                    self._pause_reading()
+                    self._handshake = asyncio.get_running_loop().create_task(self._open(event))
+            self._send_pending()
+            return
+        conn = self.conn
+        for event in events:
+            if conn.closing:
+                break
+            if isinstance(event, Frame):
+                self._frame(conn, event)
+        if ws.parser_exc is not None and not conn.closing:
+            self._failed(conn, ws.parser_exc)
+        self._send_pending()
+
+    def eof_received(self) -> bool | None:
+        self._ws.receive_eof()
+        self._send_pending()
+        return None
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        if self._resumed is not None and not self._resumed.done():
+            self._resumed.set_result(None)
+        self._resumed = None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._server_state.connections.discard(self)
+        self._sockets.open.discard(self)
+        if self._handshake is not None and not self._handshake.done():
+            self._handshake.cancel()
+        if not self._lost.done():
+            self._lost.set_result(None)
+        if self._resumed is not None and not self._resumed.done():
+            self._resumed.set_exception(ConnectionError("connection lost"))
+            self._resumed.exception()  # retrieved here if no writer waits for it
+        conn = self.conn
+        if conn is not None and not conn.closing:
+            conn.closing = True
+            received = self._ws.close_rcvd
+            conn.close_code = conn.close_code or (received.code if received is not None else 1006)
+        self._leave()
+
+    def _leave(self) -> None:
+        """Out of the room as soon as the connection is over for us (our close sent, the client's
+        close received, or the socket gone): no more fan-out to it while TCP winds down."""
+        conn, room = self.conn, self.room
+        if conn is None or room is None:
+            return
+        self.room = None
+        self._ctx.hub.leave(room, conn)
+        asyncio.get_running_loop().create_task(self._finish(conn, room), name=f"finish-{conn.id}")
+
+    def shutdown(self) -> None:
+        """uvicorn's graceful shutdown (the hub has closed the rooms' connections already)."""
+        if self.conn is not None:
+            self.conn.close(CloseCode.GOING_AWAY, "server shutting down")
+        elif self._transport is not None:
+            self._transport.close()
+
+    # -- the core's Peer -------------------------------------------------------------------------
 
     @property
     def address(self) -> str | None:
         return self._address
 
     def write(self, frame: bytes) -> bool:
-        proto = self._proto
-        if proto is None or not proto.writable.is_set() or proto.close_sent or proto.disconnected:
+        transport = self._transport
+        if self._paused or transport is None or transport.is_closing() or self._ws.close_sent is not None:
             return False
-        proto.conn.send_binary(frame)
-        proto.transport.write(b"".join(proto.conn.data_to_send()))
+        self._ws.send_binary(frame)
+        for chunk in self._ws.data_to_send():
+            transport.write(chunk)
         return True
 
     async def send(self, frame: bytes) -> None:
-        await self._ws.send_bytes(frame)
+        while self._paused:
+            if self._resumed is None:
+                self._resumed = asyncio.get_running_loop().create_future()
+            await self._resumed
+        if not self.write(frame):
+            raise ConnectionError("the connection is closing")
 
     async def close(self, code: int, reason: str) -> None:
-        if self.reader is not None and self.receiving and not self.reader.done():
-            self.reader.cancel()  # wake the read loop: the connection is over
-        await self._ws.close(code, reason)
+        """Queue the close frame behind what is in flight. The TCP connection ends when the client
+        answers; one that never does is aborted by the hub's stuck-socket sweep (`is_closing`)."""
+        if self._ws.close_sent is None and self._transport is not None and not self._transport.is_closing():
+            self._ws.send_close(code, reason)
+            self._close_sent_at = time.monotonic()
+            self._send_pending()
+        self._leave()
 
     def abort(self) -> None:
         if self._transport is not None:
             self._transport.abort()
 
     def is_closing(self) -> bool:
-        return self._transport is not None and self._transport.is_closing()
+        """True once the socket is closing and the client has had its chance to finish the close."""
+        if self._transport is None or self._transport.is_closing():
+            return True
+        return bool(self._close_sent_at) and time.monotonic() - self._close_sent_at > CLOSE_GRACE
 
+    # -- opening --------------------------------------------------------------------------------
 
-def _supports_direct_send(proto: Any) -> bool:
-    return all(hasattr(proto, name) for name in ("conn", "writable", "transport", "close_sent", "disconnected"))
-
-
-async def _deny(ws: WebSocket, status: int, code: str, message: str) -> None:
-    """Refuse the upgrade with an HTTP response, or a close code where the server can't."""
-    body = {"error": {"code": code, "message": message}}
-    try:
-        await ws.send_denial_response(JSONResponse(body, status_code=status))
-    except RuntimeError:
-        await ws.accept()
-        await ws.close(4000 + status, message[:120])
-
-
-async def websocket_endpoint(ws: WebSocket) -> None:
-    ctx: AppContext = ws.app.state.ctx
-    settings = ctx.settings
-    name = ws.path_params["document_id"]
-    if not ctx.address_limiter.allow(ws.client.host if ws.client else None):
-        await _deny(ws, 429, "too_many_requests", "too many connections from this address; slow down")
-        return
-
-    if settings.auth == "off":
-        try:
-            document_id = await ctx.store.ensure_open_document(name)
-        except Exception as exc:
-            log.warning("open-mode document %r could not be created: %s", name, exc)
-            await _deny(ws, 503, "unavailable", "the database is unavailable")
+    async def _open(self, request: Request) -> None:
+        ctx = self._ctx
+        response = self._ws.accept(request)
+        if response.status_code != 101:  # not a valid WebSocket handshake: websockets says why
+            self._ws.send_response(response)
+            self._send_pending()
             return
-        info = client_info(ws, LOCAL_USER_ID, "editor")
-    else:
-        try:
-            document_id = UUID(name)
-        except ValueError:
-            await ws.accept()
-            await ws.close(CloseCode.BAD_REQUEST, "document id must be a UUID")
+        parts = urlsplit(request.path)
+        upgrade = Upgrade(parts.path, request.headers, dict(parse_qsl(parts.query)))
+        self._address = ctx.proxies.client(self._address, request.headers)
+        if not parts.path.startswith(PATH_PREFIX):
+            self._refuse(Refusal(404, "not_found", "no WebSocket endpoint here; connect to /ws/{document}"))
+            return
+        decision = await authorize(ctx, upgrade, self._address)
+        if isinstance(decision, Refusal):
+            self._refuse(decision)
+            return
+        document_id, info = decision
+        self._ws.send_response(response)
+        self._send_pending()
+        conn = Connection(uuid.uuid4().hex, info, self, ctx.settings.send_queue_bytes, ctx.counters)
+        if document_id is None:
+            self._refuse_open(conn, CloseCode.BAD_REQUEST, "document id must be a UUID")
             return
         try:
-            claims = await ctx.tokens.verify(token_from(ws))
-            user_id = await ctx.access.user_id(str(claims["sub"]))
-            if user_id is None:
-                raise AuthError("unknown user")
-        except AuthError as exc:
-            await _deny(ws, 401, "unauthorized", str(exc))
+            room = await ctx.hub.join(document_id, conn)
+        except RoomUnavailable as exc:
+            self._refuse_open(conn, exc.code, exc.reason)
             return
-        access = await ctx.access.document_access(user_id, document_id)
-        if not access.visible or access.role is None:  # never say whether it exists
-            await _deny(ws, 403, "forbidden", "no access to this document")
+        if self._lost.done():  # the client left while the room loaded
+            ctx.hub.leave(room, conn)
             return
-        if access.gone:
-            await _deny(ws, 404, "not_found", "document was deleted")
-            return
-        info = client_info(ws, user_id, access.role)
+        self.conn, self.room = conn, room
+        rate = ctx.settings.rate_messages_per_second
+        self._bucket = TokenBucket(rate, rate * 2) if rate > 0 else None
+        self._next_ping = time.monotonic() + ctx.settings.ping_interval
+        self._sockets.open.add(self)
+        self._resume_reading()
 
-    await ws.accept()
-    peer = AsgiPeer(ws)
-    conn = Connection(uuid.uuid4().hex, info, peer, settings.send_queue_bytes, ctx.counters)
-    try:
-        room = await ctx.hub.join(document_id, conn)
-    except RoomUnavailable as exc:
-        await ws.close(exc.code, exc.reason)
-        return
-    rate = settings.rate_messages_per_second
-    bucket = TokenBucket(rate, rate * 2) if rate > 0 else None
-    try:
-        await _pump(ws, peer, room, conn, bucket, settings.max_awareness_bytes, ctx.counters)
-    finally:
-        ctx.hub.leave(room, conn)
+    def _refuse_open(self, conn: Connection, code: int, reason: str) -> None:
+        """Accepted, then closed with a code the client acts on; reading resumes for its close reply."""
+        self.conn = conn
+        self._sockets.open.add(self)  # so a client that never answers the close is dropped in time
+        conn.close(code, reason)
+        self._resume_reading()
+
+    def _refuse(self, refusal: Refusal) -> None:
+        self._ws.send_response(_json_response(refusal.status, refusal.code, refusal.message))
+        self._send_pending()
+        if self._transport is not None:
+            self._transport.close()
+
+    # -- frames ---------------------------------------------------------------------------------
+
+    def _frame(self, conn: Connection, frame: Frame) -> None:
+        opcode = frame.opcode
+        if opcode is Opcode.BINARY:
+            if frame.fin:
+                self._message(conn, bytes(frame.data))
+            else:
+                self._fragments = [bytes(frame.data)]
+        elif opcode is Opcode.CONT:
+            if self._fragments is not None:
+                self._fragments.append(bytes(frame.data))
+                if frame.fin:
+                    data, self._fragments = b"".join(self._fragments), None
+                    self._message(conn, data)
+        elif opcode is Opcode.TEXT:
+            self._reject(conn, CloseCode.UNSUPPORTED_DATA, "text frames are not supported; send binary y-protocols",
+                         "text frame")
+        elif opcode is Opcode.PONG:
+            self._ping_at = 0.0
+        elif opcode is Opcode.CLOSE:  # websockets has answered it; the TCP close follows
+            received = self._ws.close_rcvd
+            conn.closing = True
+            conn.close_code = conn.close_code or (received.code if received is not None else 1005)
+            self._leave()
+
+    def _message(self, conn: Connection, data: bytes) -> None:
+        counters = self._ctx.counters
+        if self._bucket is not None and not self._bucket.take():
+            self._reject(conn, CloseCode.TOO_MANY_REQUESTS, "message rate limit exceeded", "message rate limit")
+            return
+        conn.bytes_in += len(data)
+        conn.messages_in += 1
+        counters.values["collab_bytes_in_total"] += len(data)
+        try:
+            msg = decode(data)
+            if msg.kind is Kind.AWARENESS and len(msg.payload) > self._ctx.settings.max_awareness_bytes:
+                raise ProtocolError(CloseCode.MESSAGE_TOO_BIG, "awareness update too large")
+            if self.room is not None:
+                self.room.handle(conn, msg)
+        except ProtocolError as exc:
+            log.info("rejected a frame from %s: %s", conn.id, exc.reason)
+            self._reject(conn, exc.code, exc.reason, exc.reason)
+
+    def _reject(self, conn: Connection, code: int, reason: str, label: str) -> None:
+        self._ctx.counters.inc_label("collab_rejected_frames_total", "reason", label)
+        conn.close(code, reason)
+
+    def _failed(self, conn: Connection, exc: Exception) -> None:
+        """websockets refused the framing itself and has sent its close frame (1009, 1002, …)."""
+        sent = self._ws.close_sent
+        conn.closing = True
+        conn.close_code = sent.code if sent is not None else CloseCode.BAD_REQUEST
+        conn.close_reason = sent.reason if sent is not None else str(exc)
+        label = "frame over the size limit" if isinstance(exc, PayloadTooBig) else "invalid WebSocket framing"
+        self._ctx.counters.inc_label("collab_rejected_frames_total", "reason", label)
+        self._leave()
+
+    # -- plumbing -------------------------------------------------------------------------------
+
+    def _send_pending(self) -> None:
+        transport = self._transport
+        if transport is None:
+            return
+        for chunk in self._ws.data_to_send():
+            if chunk:
+                transport.write(chunk)
+            else:  # end of stream: a server closes the TCP connection itself
+                transport.close()
+                return
+
+    def _pause_reading(self) -> None:
+        if self._transport is not None:
+            with contextlib.suppress(RuntimeError):
+                self._transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            with contextlib.suppress(RuntimeError):
+                self._transport.resume_reading()
+
+    def tick(self, now: float, interval: float, timeout: float) -> None:
+        """Abort a socket whose close the client has not answered within CLOSE_GRACE; send a
+        ping every `interval` (0: none) and drop the connection if one goes unanswered for `timeout`."""
+        if self._close_sent_at and now - self._close_sent_at > CLOSE_GRACE:
+            if self._transport is not None:
+                self._transport.abort()
+            return
+        conn = self.conn
+        if conn is None or conn.closing or not interval:
+            return
+        if self._ping_at and now - self._ping_at >= timeout:
+            # A peer that does not answer pings will not answer a close either: drop it.
+            conn.close_code, conn.close_reason = CloseCode.INTERNAL_ERROR, "keepalive ping timeout"
+            conn.closing = True
+            if self._transport is not None:
+                self._transport.abort()
+            return
+        if not self._ping_at and now >= self._next_ping:
+            self._ping_at, self._next_ping = now, now + interval
+            if not self._paused and self._ws.close_sent is None:
+                self._ws.send_ping(b"")
+                self._send_pending()
+
+    async def _finish(self, conn: Connection, room: Room) -> None:
         await conn.finish()
         code = conn.close_code or 1000
         log.info(
@@ -194,55 +469,3 @@ async def websocket_endpoint(ws: WebSocket) -> None:
                 "user": str(conn.info.user_id) if conn.info.user_id else None,
             },
         )
-
-
-async def _pump(
-    ws: WebSocket, peer: AsgiPeer, room: Room, conn: Connection, bucket: TokenBucket | None, max_awareness: int,
-    counters: Counters,
-) -> None:
-    task = asyncio.current_task()
-    peer.reader = task
-    values = counters.values
-    while not conn.closing:
-        peer.receiving = True
-        try:
-            message = await ws.receive()
-        except (WebSocketDisconnect, RuntimeError):
-            return
-        except asyncio.CancelledError:
-            if conn.closing and task is not None:  # woken by conn.close(), not by shutdown
-                task.uncancel()
-                return
-            raise
-        finally:
-            peer.receiving = False
-        if conn.closing:
-            return
-        if message["type"] == "websocket.disconnect":
-            conn.close_code = conn.close_code or int(message.get("code", 1005))
-            if conn.close_code == CloseCode.MESSAGE_TOO_BIG:  # refused by the WebSocket layer
-                counters.inc_label("collab_rejected_frames_total", "reason", "frame over the size limit")
-            conn.closing = True
-            return
-        data = message.get("bytes")
-        if data is None:
-            counters.inc_label("collab_rejected_frames_total", "reason", "text frame")
-            conn.close(CloseCode.UNSUPPORTED_DATA, "text frames are not supported; send binary y-protocols")
-            return
-        if bucket is not None and not bucket.take():
-            counters.inc_label("collab_rejected_frames_total", "reason", "message rate limit")
-            conn.close(CloseCode.TOO_MANY_REQUESTS, "message rate limit exceeded")
-            return
-        conn.bytes_in += len(data)
-        conn.messages_in += 1
-        values["collab_bytes_in_total"] += len(data)
-        try:
-            msg = decode(data)
-            if msg.kind is Kind.AWARENESS and len(msg.payload) > max_awareness:
-                raise ProtocolError(CloseCode.MESSAGE_TOO_BIG, "awareness update too large")
-            room.handle(conn, msg)
-        except ProtocolError as exc:
-            counters.inc_label("collab_rejected_frames_total", "reason", exc.reason)
-            log.info("rejected a frame from %s: %s", conn.id, exc.reason)
-            conn.close(exc.code, exc.reason)
-            return

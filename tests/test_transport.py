@@ -1,0 +1,68 @@
+"""Our WebSocket transport under uvicorn: what the handshake refuses, fragmented messages, pings,
+and the loop-lag histogram it is measured by."""
+
+from __future__ import annotations
+
+import asyncio
+
+import orjson
+import websockets
+from pycrdt import Doc, Text
+
+from collab_server.client import YClient
+from collab_server.core.protocol import encode_update
+from tests.waiting import eventually
+
+
+async def _raw_request(port: int, request: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(request)
+    await writer.drain()
+    data = await asyncio.wait_for(reader.read(65536), 5)
+    writer.close()
+    return data
+
+
+async def test_an_upgrade_outside_ws_is_refused_with_a_json_404(server) -> None:  # type: ignore[no-untyped-def]
+    try:
+        async with websockets.connect(f"ws://127.0.0.1:{server.port}/elsewhere"):
+            raise AssertionError("should have been refused")
+    except websockets.InvalidStatus as exc:
+        assert exc.response.status_code == 404
+        assert orjson.loads(exc.response.body)["error"]["code"] == "not_found"
+
+
+async def test_a_bad_handshake_gets_websockets_own_400_and_http_still_works(server) -> None:  # type: ignore[no-untyped-def]
+    answer = await _raw_request(server.port, b"GET /ws/x HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n"
+                                             b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
+    assert (await server.get("/healthz")).status_code == 200  # HTTP on the same port, on Starlette
+
+
+async def test_a_fragmented_update_is_reassembled_and_pings_are_answered(server) -> None:  # type: ignore[no-untyped-def]
+    reader = await YClient(server.ws_url("fragments")).connect()
+    doc = Doc()
+    doc.get("content", type=Text).insert(0, "in three pieces")
+    frame = encode_update(doc.get_update())
+    async with websockets.connect(server.ws_url("fragments"), compression=None) as ws:
+        pong = await ws.ping()
+        await asyncio.wait_for(pong, 5)  # the server answers a client's ping
+        third = len(frame) // 3
+        await ws.send([frame[:third], frame[third:2 * third], frame[2 * third:]])  # one message, three frames
+        await reader.wait_for(lambda: str(reader.doc.get("content", type=Text)) == "in three pieces")
+    await reader.close()
+
+
+async def test_loop_lag_is_a_histogram_on_metrics(server) -> None:  # type: ignore[no-untyped-def]
+    def count(text: str) -> int:
+        line = next(x for x in text.splitlines() if x.startswith("collab_loop_lag_seconds_count"))
+        return int(line.split()[1])
+
+    first = count((await server.get("/metrics")).text)
+    text = await eventually(lambda: _metrics(server), lambda t: count(t) > first, what="the lag probe ticking")
+    assert '# TYPE collab_loop_lag_seconds histogram' in text
+    assert 'collab_loop_lag_seconds_bucket{le="+Inf"}' in text
+
+
+async def _metrics(server) -> str:  # type: ignore[no-untyped-def]
+    return (await server.get("/metrics")).text
