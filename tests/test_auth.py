@@ -23,6 +23,7 @@ from collab_server.client import YClient
 from collab_server.core.protocol import encode_sync_step1
 from collab_server.runtime.demo import create_demo
 from collab_server.storage.postgres import open_document_id
+from tests.waiting import eventually
 
 SECRET = "test-secret-test-secret-test-secret"
 
@@ -156,6 +157,31 @@ async def test_revocation_and_downgrade_reach_open_connections(auth_server, db) 
     assert time.monotonic() - started < 5
     assert not editor.closed.is_set()
     await editor.close()
+
+
+async def test_a_reconnect_needs_no_database_round_trip_until_access_changes(auth_server, db) -> None:
+    demo = await setup_demo(db, auth_server)
+    await asyncio.wait_for(auth_server.ctx.revocation.listening.wait(), 5)
+    access = auth_server.ctx.access
+    first = await YClient(url(auth_server, demo, "editor")).connect()
+    await first.close()
+    before = access.lookups
+    again = await YClient(url(auth_server, demo, "editor")).connect()  # same user, same document
+    assert access.lookups == before
+    await again.close()
+    # Removing the member notifies every process; the cached answer is gone with it.
+    await db.execute("DELETE FROM workspace_members WHERE user_id = $1", demo.users["editor"])
+    body = await eventually(lambda: _refusal_or_none(url(auth_server, demo, "editor")), lambda b: b is not None,
+                            what="the removed member refused")
+    assert body["error"]["code"] == "forbidden"
+
+
+async def _refusal_or_none(target: str) -> dict[str, Any] | None:
+    try:
+        async with websockets.connect(target, open_timeout=5):
+            return None
+    except websockets.InvalidStatus as exc:
+        return json.loads(exc.response.body)  # type: ignore[no-any-return]
 
 
 async def test_row_level_security_hides_documents_from_non_members(auth_server, db) -> None:

@@ -13,7 +13,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 from uuid import UUID
 
 import asyncpg
@@ -150,12 +150,44 @@ class TokenVerifier:
 
 
 class AccessResolver:
-    """Maps a token subject to a user and a user to their role on a document."""
+    """Maps a token subject to a user and a user to their role on a document.
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    Answers are cached for `ttl` seconds, so a reconnecting client (or a storm of them after a
+    restart) opens its socket without a database round trip. Every access change invalidates the
+    cache at once (`invalidate`, called by the revocation watcher on each NOTIFY and after it
+    reconnects), so the TTL only bounds what a missed notification could leave stale."""
+
+    def __init__(self, pool: asyncpg.Pool, ttl: float = 30.0, max_entries: int = 100_000) -> None:
         self._pool = pool
+        self._ttl = ttl
+        self._max = max_entries
+        self._users: dict[str, tuple[float, UUID | None]] = {}
+        self._access: dict[tuple[UUID, UUID], tuple[float, Access]] = {}
+        self.lookups = 0  # database round trips made (for tests and metrics)
+
+    def invalidate(self) -> None:
+        self._users.clear()
+        self._access.clear()
+
+    def _fresh(self, entry: tuple[float, Any] | None) -> bool:
+        return entry is not None and entry[0] > time.monotonic()
+
+    def _store(self, cache: dict[Any, Any], key: Any, value: Any) -> None:
+        if len(cache) >= self._max:
+            cache.clear()
+        cache[key] = (time.monotonic() + self._ttl, value)
 
     async def user_id(self, subject: str) -> UUID | None:
+        cached = self._users.get(subject)
+        if self._fresh(cached):
+            return cached[1]  # type: ignore[index]
+        found = await self._lookup_user(subject)
+        if found is not None:  # an unknown subject is not cached: the user may be created any moment
+            self._store(self._users, subject, found)
+        return found
+
+    async def _lookup_user(self, subject: str) -> UUID | None:
+        self.lookups += 1
         try:
             as_uuid: UUID | None = UUID(subject)
         except ValueError:
@@ -171,8 +203,19 @@ class AccessResolver:
         )
         return row["id"] if row else None
 
-    async def document_access(self, user_id: UUID, document_id: UUID) -> Access:
-        """The user's role on a document, read under row-level security as that user."""
+    async def document_access(self, user_id: UUID, document_id: UUID, *, fresh: bool = False) -> Access:
+        """The user's role on a document, read under row-level security as that user (cached
+        unless `fresh`, which the revocation re-check asks for)."""
+        key = (user_id, document_id)
+        cached = self._access.get(key)
+        if not fresh and self._fresh(cached):
+            return cached[1]  # type: ignore[index]
+        access = await self._lookup_access(user_id, document_id)
+        self._store(self._access, key, access)
+        return access
+
+    async def _lookup_access(self, user_id: UUID, document_id: UUID) -> Access:
+        self.lookups += 1
         async with self._pool.acquire() as conn, conn.transaction():
             await as_user(conn, user_id)
             row = await conn.fetchrow(

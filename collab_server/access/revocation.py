@@ -64,6 +64,7 @@ class RevocationWatcher(Extension):
                 self.listening.set()
                 delay = 0.2
                 if not first:  # notifications may have been missed while we were away
+                    self._access.invalidate()
                     self._schedule(lambda _doc, _conn: True)
                 first = False
                 while not conn.is_closed():
@@ -83,6 +84,7 @@ class RevocationWatcher(Extension):
             delay = min(delay * 2, 5.0)
 
     def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        self._access.invalidate()  # before anything else: no new socket may open on a stale answer
         try:
             event = orjson.loads(payload)
         except orjson.JSONDecodeError:
@@ -114,7 +116,7 @@ class RevocationWatcher(Extension):
                 if conn.info.user_id is None or not selector(document_id, conn):
                     continue
                 try:
-                    access = await self._access.document_access(conn.info.user_id, document_id)
+                    access = await self._access.document_access(conn.info.user_id, document_id, fresh=True)
                 except Exception as exc:
                     log.warning("re-checking access failed: %s", exc)
                     continue

@@ -93,7 +93,7 @@ async def authorize_document(
             return DocumentAccess(document_id, None, user_id, "owner")
     else:
         document_id = _uuid_or_404(raw, "document")
-    access = await ctx.access.document_access(user_id, document_id)
+    access = await ctx.access.document_access(user_id, document_id, fresh=True)  # HTTP: always the current role
     if not access.allowed or access.role is None:
         raise ApiError(404, "document not found")
     _require(access.role, need)
