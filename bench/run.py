@@ -358,6 +358,39 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def fanout_steps_table(results: dict[str, Any]) -> str:
+    """Every fan-out step of both servers side by side, with the ratios and the generator's own
+    CPU and schedule lag: a step where the generator fell behind measured itself and is marked."""
+    fanout = results.get("fanout", {})
+    ours, ref = fanout.get("ours"), fanout.get("ref")
+    if not ours:
+        return ""
+    ref_steps = {s["target_rate"]: s for s in (ref or {}).get("steps", [])}
+    lines = ["", "", "Fan-out per step (ratio = collab-server ÷ y-websocket, same run; gen = the load generator's "
+             "CPU share / p99 schedule lag; a step is valid when the generator kept up):", "",
+             "| updates/s | p50 ms ours / ref | p99 ms ours / ref | p99 ratio | server CPU % ours / ref | CPU ratio "
+             "| DB+Redis CPU % | gen CPU ours / ref | gen lag ms ours / ref | lost | valid |",
+             "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | :---: |"]
+    for s in ours["steps"]:
+        r = ref_steps.get(s["target_rate"], {})
+        so, sr = s.get("server", {}), r.get("server", {})
+
+        def ratio(a: float | None, b: float | None) -> str:
+            return f"{a / b:.2f}×" if a is not None and b else "—"
+
+        p99o, p99r = s["latency"]["p99_ms"], (r.get("latency") or {}).get("p99_ms")
+        cpuo, cpur = so.get("server_cpu_percent"), sr.get("server_cpu_percent")
+        valid = s.get("valid", True) and r.get("valid", True)
+        p50r = (r.get("latency") or {}).get("p50_ms")
+        lines.append(
+            f"| {s['target_rate']:,.0f} | {s['latency']['p50_ms']:.2f} / {_fmt(p50r)} "
+            f"| {p99o:.2f} / {_fmt(p99r)} | {ratio(p99o, p99r)} | {_fmt(cpuo)} / {_fmt(cpur)} | {ratio(cpuo, cpur)} "
+            f"| {_fmt(so.get('database_cpu_percent'))} | {s['generator_cpu']:.2f} / {_fmt(r.get('generator_cpu'))} "
+            f"| {s['generator_lag_p99_ms']:.1f} / {_fmt(r.get('generator_lag_p99_ms'))} "
+            f"| {s['lost']} / {_fmt(r.get('lost'))} | {'yes' if valid else '**no**'} |")
+    return "\n".join(lines)
+
+
 def markdown_table(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     lines = [
         f"Run {meta['finished']} ({'QUICK smoke run: not a measurement' if meta['quick'] else 'full run'}; "
@@ -549,7 +582,7 @@ def main(argv: list[str] | None = None) -> int:
     problem = chart(results, out_dir / "chart.png", plan.quick)
     if problem:
         log(problem)
-    table = markdown_table(rows, meta)
+    table = markdown_table(rows, meta) + fanout_steps_table(results)
     print(table)
     if not args.no_readme and out_dir.resolve() == RESULTS.resolve() and update_readme(table):
         log("updated the results table in bench/README.md")

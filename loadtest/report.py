@@ -58,6 +58,13 @@ class StepResult:
     def ok(self) -> bool:
         return self.lost == 0
 
+    @property
+    def valid(self) -> bool:
+        """The generator kept its schedule, so the step measured the server, not the generator:
+        it sent ≥ 95 % of the target, used < 90 % of its core, and woke up < 10 ms late (p99)."""
+        return (self.sent_per_second >= 0.95 * self.target_rate and self.generator_cpu < 0.9
+                and self.generator_lag_p99_ms < 10.0)
+
 
 @dataclass
 class LoadResult:
@@ -91,13 +98,15 @@ class LoadResult:
         """The highest step rate with p99 under `p99_ms`, no loss, and the generator keeping up."""
         best = None
         for step in self.steps:
-            if (step.lost == 0 and step.latency.count and step.latency.p99_ms < p99_ms
+            if (step.lost == 0 and step.latency.count and step.latency.p99_ms < p99_ms and step.valid
                     and step.sent_per_second >= min_share * step.target_rate):
                 best = step.target_rate if best is None else max(best, step.target_rate)
         return best
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
+        for step, data in zip(self.steps, out["steps"], strict=True):
+            data["valid"] = step.valid
         out["ok"] = self.ok
         out["saturation_rate"] = self.saturation()
         return out

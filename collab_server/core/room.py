@@ -3,7 +3,9 @@
 Messages of a room are handled synchronously in arrival order (the event loop is the room's
 lock): apply to the Doc, then queue the resulting frame for every other connection. The
 updates applied in one loop turn leave as one frame, encoded once and shared by every
-receiver, and are handed once to the write-ahead and once to the extensions.
+receiver, and are handed once to the write-ahead and once to the extensions. What is relayed and
+stored is the update as the client sent it (as y-websocket's server relays it): re-encoding it from
+a Doc observer would more than double the cost of applying it (5.3 → 12.6 µs measured).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import logging
 from typing import Any
 from uuid import UUID
 
-from pycrdt import Doc, TransactionEvent, merge_updates
+from pycrdt import Doc, merge_updates
 
 from .awareness import AwarenessChange, RoomAwareness
 from .connection import ClientInfo, Connection
@@ -35,6 +37,7 @@ from .storage import PendingUpdate, Storage
 log = logging.getLogger("collab.room")
 
 _NO_EXTENSIONS = Extensions()
+_EMPTY_UPDATE = b"\x00\x00"  # no structs, no deletions
 
 
 class Room:
@@ -56,24 +59,15 @@ class Room:
         self._storage = storage
         self._extensions = extensions if extensions is not None else _NO_EXTENSIONS
         self.counters = counters if counters is not None else Counters()
-        self._remote = False  # applying an update another process relayed and stored
         self._pending: list[AppliedUpdate] = []
-        self._origin: Connection | None = None
-        self._actor: ClientInfo | None = None
-        self._subscription = self.doc.observe(self._on_doc_update)
         self.write_refused = False
 
     # -- loading -------------------------------------------------------------------------
 
     def load_state(self, state: bytes) -> None:
         """Apply the stored state without relaying or re-storing it."""
-        if not state:
-            return
-        self.doc.unobserve(self._subscription)
-        try:
+        if state:
             self.doc.apply_update(state)
-        finally:
-            self._subscription = self.doc.observe(self._on_doc_update)
 
     # -- connections ---------------------------------------------------------------------
 
@@ -101,8 +95,10 @@ class Room:
 
     def handle(self, conn: Connection, msg: Message) -> None:
         kind = msg.kind
-        if kind is Kind.SYNC_UPDATE or kind is Kind.SYNC_STEP2:
-            self._handle_update(conn, msg.payload)
+        if kind is Kind.SYNC_UPDATE:
+            self._handle_update(conn, msg.payload, as_sent=True)
+        elif kind is Kind.SYNC_STEP2:
+            self._handle_update(conn, msg.payload, as_sent=False)
         elif kind is Kind.AWARENESS:
             self._handle_awareness(conn, msg.payload)
         elif kind is Kind.SYNC_STEP1:
@@ -117,7 +113,7 @@ class Room:
                 conn.send(encode_awareness(states))
         # Kind.AUTH from a client carries nothing we act on.
 
-    def _handle_update(self, conn: Connection, update: bytes) -> None:
+    def _handle_update(self, conn: Connection, update: bytes, as_sent: bool) -> None:
         if not conn.info.can_write:
             if not conn.denied_sent:
                 conn.denied_sent = True
@@ -125,15 +121,25 @@ class Room:
             return
         if self._storage is not None and not self._storage.has_room_for(len(update)):
             raise ProtocolError(CloseCode.TRY_AGAIN_LATER, "storage backlog full: edits are paused, reconnect later")
-        self.apply_update(update, conn)
+        self.apply_update(update, conn, as_sent=as_sent)
 
-    def apply_update(self, update: bytes, origin: Connection | None, actor: ClientInfo | None = None) -> None:
+    def apply_update(
+        self, update: bytes, origin: Connection | None, actor: ClientInfo | None = None, *, as_sent: bool = True
+    ) -> None:
         """Apply an update (from a client or the HTTP API); raise ProtocolError if invalid.
-        `actor` names who made it when there is no connection (HTTP), for the write-ahead."""
-        self._origin = origin
-        self._actor = actor if actor is not None else (origin.info if origin is not None else None)
+        `actor` names who made it when there is no connection (HTTP), for the write-ahead.
+
+        An edit (`as_sent`) is relayed and stored as it came. A sync step 2 is not: a reconnecting
+        client's step 2 carries its whole delete set and mostly what the room has, so only what it
+        changed here is kept (what a Doc observer reports), once per connection."""
+        if update == _EMPTY_UPDATE:
+            return
         try:
-            self.doc.apply_update(update)
+            if as_sent:
+                self.doc.apply_update(update)
+                changes = [update]
+            else:
+                changes = self._apply_observed(update)
         except ValueError:
             raise ProtocolError(CloseCode.INVALID_PAYLOAD, "invalid Yjs update") from None
         except BaseException as exc:  # a Rust panic surfaces as PanicException (a BaseException)
@@ -141,18 +147,25 @@ class Room:
                 raise
             log.error("pycrdt failed on an update in room %s: %r", self.id, exc)
             raise ProtocolError(CloseCode.INVALID_PAYLOAD, "invalid Yjs update") from None
-        finally:
-            self._origin = None
-            self._actor = None
+        who = actor if actor is not None else (origin.info if origin is not None else None)
+        for change in changes:
+            self._collect(AppliedUpdate(change, origin, who, False))
 
-    def apply_remote(self, update: bytes) -> None:
-        """Apply what another process (or the store, in a repair) already wrote ahead: relay
-        the part that is new here to local clients, but do not store it again."""
-        self._remote = True
+    def _apply_observed(self, update: bytes) -> list[bytes]:
+        changes: list[bytes] = []
+        subscription = self.doc.observe(lambda event: changes.append(event.update))
         try:
             self.doc.apply_update(update)
         finally:
-            self._remote = False
+            self.doc.unobserve(subscription)
+        return changes
+
+    def apply_remote(self, update: bytes) -> None:
+        """Apply what another process (or the store, in a repair) already wrote ahead: relay
+        the part that is new here to local clients, but do not store it again. Only the new part:
+        a repair applies a whole stored state, which local clients mostly have."""
+        for change in self._apply_observed(update):
+            self._collect(AppliedUpdate(change, None, None, True))
 
     def apply_remote_awareness(self, payload: bytes, owner: object) -> None:
         """Awareness relayed by another process, recorded under `owner` (which stands for it)."""
@@ -161,12 +174,11 @@ class Room:
             self.broadcast(encode_awareness(change.relay))
             self._extensions.on_awareness(self, owner, change)
 
-    def _on_doc_update(self, event: TransactionEvent) -> None:
+    def _collect(self, applied: AppliedUpdate) -> None:
         # Collected, not sent: everything applied in this loop turn leaves as one message.
         if not self._pending:
             asyncio.get_running_loop().call_soon(self._flush)
-        remote = self._remote
-        self._pending.append(AppliedUpdate(event.update, self._origin, None if remote else self._actor, remote))
+        self._pending.append(applied)
 
     def _flush(self) -> None:
         """Send this turn's updates: merged once into one frame shared by every receiver, and
