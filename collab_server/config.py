@@ -172,7 +172,7 @@ class Settings:
         default=5.0, metadata=_env("COLLAB_COMMIT_WINDOW_MS", _parse_non_negative_float)
     )
     compact_max_updates: int = field(
-        default=500, metadata=_env("COLLAB_COMPACT_MAX_UPDATES", _parse_positive_int)
+        default=5000, metadata=_env("COLLAB_COMPACT_MAX_UPDATES", _parse_positive_int)
     )
     compact_max_bytes: int = field(
         default=1024 * 1024, metadata=_env("COLLAB_COMPACT_MAX_BYTES", _parse_positive_int)

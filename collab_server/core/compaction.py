@@ -30,7 +30,7 @@ Spawn = Callable[[Coroutine[Any, Any, None], str], None]
 
 @dataclass(frozen=True, slots=True)
 class CompactionConfig:
-    max_updates: int = 500
+    max_updates: int = 5000
     max_bytes: int = 1 << 20
     max_age_seconds: float = 30.0
     version_interval_seconds: float = 600.0
