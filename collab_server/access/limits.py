@@ -73,9 +73,11 @@ class TrustedProxies:
         return any(ip in net for net in self._networks)
 
     def client(self, peer: str | None, headers: Mapping[str, str]) -> str | None:
-        if peer is None or not self._networks or not self.trusts(peer):
+        if peer is None or not self._networks:
             return peer
         chain = _forwarded_for(headers)
+        if not chain or not self.trusts(peer):
+            return peer
         for address in reversed(chain):
             if not self.trusts(address):
                 return address

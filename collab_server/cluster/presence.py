@@ -241,20 +241,23 @@ class Presence(Extension):
         now = time.time()
         removed, self._removed = self._removed, {}
         try:
+            # Raw commands: redis-py's typed helpers cost several times the command itself here
+            # (argument filtering per call), and a connect storm sends two per connection.
             pipe = self.redis.pipeline(transaction=False)
+            command = pipe.execute_command
             count = 0
             for cid, document_id in removed.items():
-                pipe.delete(record_key(cid))
-                pipe.zrem(index_key(document_id), cid)
+                command("DEL", record_key(cid))
+                command("ZREM", index_key(document_id), cid)
                 count += 2
             for cid in ids:
                 record = self.records.get(cid)
                 if record is None:
                     continue
-                pipe.set(record_key(cid), record.encode(), ex=ttl)
+                command("SET", record_key(cid), record.encode(), "EX", ttl)
                 count += 1
                 if full or cid not in self._last_write:
-                    pipe.zadd(index_key(record.document_id), {cid: now + ttl})
+                    command("ZADD", index_key(record.document_id), now + ttl, cid)
                     count += 1
             if beat:
                 pipe.set(process_key(self.process_id), b"1", ex=max(1, int(self.settings.process_dead_after_seconds)))
