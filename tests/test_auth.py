@@ -323,3 +323,17 @@ async def test_open_mode_creates_documents_from_room_names(server, db) -> None:
     from collab_server.storage.postgres import open_document_id
 
     assert await db.fetchval("SELECT title FROM documents WHERE id = $1", open_document_id("my notes")) == "my notes"
+
+
+async def test_an_unexpected_failure_while_opening_is_a_503_not_a_hang(auth_server, db, monkeypatch) -> None:
+    demo = await setup_demo(db, auth_server)
+
+    async def broken(subject: str) -> None:
+        raise RuntimeError("the user lookup broke")
+
+    monkeypatch.setattr(auth_server.ctx.access, "user_id", broken)
+    body = await expect_refusal(url(auth_server, demo, "editor"), 503)
+    assert body["error"]["code"] == "unavailable"
+    monkeypatch.undo()
+    client = await YClient(url(auth_server, demo, "editor")).connect()  # the server is unharmed
+    await client.close()

@@ -30,6 +30,7 @@ from websockets.datastructures import Headers
 from websockets.exceptions import PayloadTooBig
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
+from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 from collab_server.access.auth import AuthError, token_from
@@ -301,6 +302,24 @@ class WebSocketProtocol(asyncio.Protocol):
     # -- opening --------------------------------------------------------------------------------
 
     async def _open(self, request: Request) -> None:
+        """The handshake task; whatever fails in it ends this socket visibly, never silently."""
+        try:
+            await self._handshake_steps(request)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("opening a WebSocket failed")
+            if self.conn is not None:  # upgraded already: a close code the client acts on
+                self._refuse_open(self.conn, CloseCode.INTERNAL_ERROR, "internal error while opening")
+            elif self._ws.state is State.CONNECTING:
+                self._refuse(Refusal(503, "unavailable", "the server could not open this connection"))
+            elif self._transport is not None:
+                if self._ws.state is State.OPEN:
+                    self._ws.send_close(CloseCode.INTERNAL_ERROR, "internal error while opening")
+                    self._send_pending()
+                self._transport.close()
+
+    async def _handshake_steps(self, request: Request) -> None:
         ctx = self._ctx
         response = self._ws.accept(request)
         if response.status_code != 101:  # not a valid WebSocket handshake: websockets says why
