@@ -158,6 +158,10 @@ class Hub:
             self._rooms[document_id] = room
             self.extensions.on_loaded(room)
             result.set_result(room)
+            # Whoever asked may be gone (a client that left while the room loaded): if nobody has
+            # joined or used the room by then, it unloads like any room that was left.
+            delay = max(self.config.room_grace_seconds, 1.0)
+            asyncio.get_running_loop().call_later(delay, self._unload_if_unused, room)
         except RoomUnavailable as exc:
             result.set_exception(exc)
         except Exception as exc:
@@ -188,6 +192,10 @@ class Hub:
         room.remove(conn)
         self.extensions.on_leave(room, conn)
         if not room.connections and self._rooms.get(room.id) is room:
+            self._schedule_unload(room)
+
+    def _unload_if_unused(self, room: Room) -> None:
+        if not room.connections and self._rooms.get(room.id) is room and room.id not in self._grace:
             self._schedule_unload(room)
 
     def _schedule_unload(self, room: Room) -> None:
@@ -237,8 +245,12 @@ class Hub:
                 except Exception as exc:
                     log.warning("repairing %s failed: %s", room.id, exc)
                     continue
-                if loaded is not None:
+                if loaded is None:
+                    continue
+                try:
                     room.apply_remote(loaded.state)
+                except Exception as exc:  # a corrupt stored state must not end the repairs silently
+                    log.warning("repairing %s: the stored state does not apply: %r", room.id, exc)
 
         self._spawn(run(), f"repair-{room.id}", self._repairs)
 

@@ -104,7 +104,9 @@ class Room:
         elif kind is Kind.SYNC_STEP1:
             try:
                 diff = self.doc.get_update(msg.payload)
-            except ValueError:
+            except BaseException as exc:  # ValueError, or a Rust panic (PanicException is a BaseException)
+                if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                    raise
                 raise ProtocolError(CloseCode.INVALID_PAYLOAD, "invalid state vector") from None
             conn.send(encode_sync_step2(diff))
         elif kind is Kind.QUERY_AWARENESS:

@@ -110,8 +110,9 @@ class MemoryStorage:
         doc = self.documents.get(document_id)
         if doc is None or (not doc.updates and not snapshot):
             return None
-        taken, doc.updates = doc.updates, []
+        taken = list(doc.updates)
         merged = ydoc.compact(doc.state or None, [u.payload for u in taken], doc.type, doc.content)
+        del doc.updates[: len(taken)]  # only once merged: a failed compaction keeps them for the retry
         doc.state, doc.content = merged.state, merged.content
         doc.clock += len(taken)
         self.compactions += 1

@@ -95,7 +95,10 @@ class Sockets:
             await asyncio.sleep(tick)
             now = time.monotonic()
             for sock in list(self.open):
-                sock.tick(now, interval if pings else 0.0, timeout)
+                try:
+                    sock.tick(now, interval if pings else 0.0, timeout)
+                except Exception:  # one socket must never stop the keepalive of all the others
+                    log.exception("keepalive tick failed")
 
 
 def client_info(upgrade: Upgrade, address: str | None, user_id: UUID | None, role: str) -> ClientInfo:
@@ -175,6 +178,7 @@ class WebSocketProtocol(asyncio.Protocol):
         self._fragments: list[bytes] | None = None
         self._ping_at = 0.0  # when the last ping went out (0: none outstanding)
         self._close_sent_at = 0.0
+        self._closing_since = 0.0
         self._next_ping = 0.0
         self._bucket: TokenBucket | None = None
         self.conn: Connection | None = None
@@ -187,6 +191,7 @@ class WebSocketProtocol(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self._address = peer[0] if isinstance(peer, tuple) and peer else None
         self._server_state.connections.add(self)
+        self._sockets.open.add(self)  # ticked from the start: a socket stuck in any phase is dropped in time
 
     def data_received(self, data: bytes) -> None:
         ws = self._ws
@@ -211,6 +216,11 @@ class WebSocketProtocol(asyncio.Protocol):
 
     def eof_received(self) -> bool | None:
         self._ws.receive_eof()
+        conn = self.conn
+        if conn is not None and not conn.closing:  # gone without a close frame
+            conn.closing = True
+            conn.close_code = conn.close_code or 1006
+        self._leave()
         self._send_pending()
         return None
 
@@ -254,8 +264,8 @@ class WebSocketProtocol(asyncio.Protocol):
         """uvicorn's graceful shutdown (the hub has closed the rooms' connections already)."""
         if self.conn is not None:
             self.conn.close(CloseCode.GOING_AWAY, "server shutting down")
-        elif self._transport is not None:
-            self._transport.close()
+        else:
+            self._close_transport()
 
     # -- the core's Peer -------------------------------------------------------------------------
 
@@ -317,7 +327,7 @@ class WebSocketProtocol(asyncio.Protocol):
                 if self._ws.state is State.OPEN:
                     self._ws.send_close(CloseCode.INTERNAL_ERROR, "internal error while opening")
                     self._send_pending()
-                self._transport.close()
+                self._close_transport()
 
     async def _handshake_steps(self, request: Request) -> None:
         ctx = self._ctx
@@ -355,21 +365,18 @@ class WebSocketProtocol(asyncio.Protocol):
         rate = ctx.settings.rate_messages_per_second
         self._bucket = TokenBucket(rate, rate * 2) if rate > 0 else None
         self._next_ping = time.monotonic() + ctx.settings.ping_interval
-        self._sockets.open.add(self)
         self._resume_reading()
 
     def _refuse_open(self, conn: Connection, code: int, reason: str) -> None:
         """Accepted, then closed with a code the client acts on; reading resumes for its close reply."""
         self.conn = conn
-        self._sockets.open.add(self)  # so a client that never answers the close is dropped in time
         conn.close(code, reason)
         self._resume_reading()
 
     def _refuse(self, refusal: Refusal) -> None:
         self._ws.send_response(_json_response(refusal.status, refusal.code, refusal.message))
         self._send_pending()
-        if self._transport is not None:
-            self._transport.close()
+        self._close_transport()
 
     # -- frames ---------------------------------------------------------------------------------
 
@@ -439,8 +446,14 @@ class WebSocketProtocol(asyncio.Protocol):
             if chunk:
                 transport.write(chunk)
             else:  # end of stream: a server closes the TCP connection itself
-                transport.close()
+                self._close_transport()
                 return
+
+    def _close_transport(self) -> None:
+        """Close once the buffer is written; `tick` aborts it if the client never reads that far."""
+        if self._transport is not None:
+            self._closing_since = self._closing_since or time.monotonic()
+            self._transport.close()
 
     def _pause_reading(self) -> None:
         if self._transport is not None:
@@ -455,12 +468,13 @@ class WebSocketProtocol(asyncio.Protocol):
     def tick(self, now: float, interval: float, timeout: float) -> None:
         """Abort a socket whose close the client has not answered within CLOSE_GRACE; send a
         ping every `interval` (0: none) and drop the connection if one goes unanswered for `timeout`."""
-        if self._close_sent_at and now - self._close_sent_at > CLOSE_GRACE:
+        since = self._close_sent_at or self._closing_since
+        if since and now - since > CLOSE_GRACE:
             if self._transport is not None:
                 self._transport.abort()
             return
         conn = self.conn
-        if conn is None or conn.closing or not interval:
+        if conn is None or conn.closing or not interval or self._ws.state is not State.OPEN:
             return
         if self._ping_at and now - self._ping_at >= timeout:
             # A peer that does not answer pings will not answer a close either: drop it.
@@ -469,11 +483,10 @@ class WebSocketProtocol(asyncio.Protocol):
             if self._transport is not None:
                 self._transport.abort()
             return
-        if not self._ping_at and now >= self._next_ping:
-            self._ping_at, self._next_ping = now, now + interval
-            if not self._paused and self._ws.close_sent is None:
-                self._ws.send_ping(b"")
-                self._send_pending()
+        if not self._ping_at and now >= self._next_ping and not self._paused:
+            self._ping_at, self._next_ping = now, now + interval  # only a ping that went out can time out
+            self._ws.send_ping(b"")
+            self._send_pending()
 
     async def _finish(self, conn: Connection, room: Room) -> None:
         await conn.finish()

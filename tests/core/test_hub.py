@@ -289,3 +289,21 @@ async def test_a_crash_leftover_is_compacted_at_start(storage: CountingStorage) 
         assert storage.stored_updates(document_id) == ()
     finally:
         await hub.shutdown()
+
+
+async def test_a_room_loaded_for_a_join_that_went_away_is_unloaded(storage: CountingStorage) -> None:
+    hub = Hub(storage, config(grace=0.05))
+    await hub.start()
+    try:
+        document_id = storage.create()
+        storage.gate = asyncio.Event()
+        join = asyncio.ensure_future(MemoryClient().join(hub, document_id))
+        await eventually(lambda: storage.loads, lambda n: n == 1, what="the load started")
+        join.cancel()  # the client left while its room loaded
+        storage.gate.set()
+        await eventually(lambda: hub.get(document_id), lambda r: r is not None, what="the room loaded anyway")
+        await eventually(lambda: hub.room_count, lambda n: n == 0, timeout=3, what="the unused room unloaded")
+        assert hub.connections == 0
+    finally:
+        storage.gate = None
+        await hub.shutdown()
