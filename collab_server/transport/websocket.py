@@ -483,10 +483,13 @@ class WebSocketProtocol(asyncio.Protocol):
             if self._transport is not None:
                 self._transport.abort()
             return
-        if not self._ping_at and now >= self._next_ping and not self._paused:
-            self._ping_at, self._next_ping = now, now + interval  # only a ping that went out can time out
-            self._ws.send_ping(b"")
-            self._send_pending()
+        if not self._ping_at and now >= self._next_ping:
+            # The clock starts even while our writes are paused: a peer that has not read what it
+            # was sent for `timeout` seconds is as gone as one that does not answer (and is dropped).
+            self._ping_at, self._next_ping = now, now + interval
+            if not self._paused:
+                self._ws.send_ping(b"")
+                self._send_pending()
 
     async def _finish(self, conn: Connection, room: Room) -> None:
         await conn.finish()
