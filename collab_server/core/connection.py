@@ -20,6 +20,7 @@ from .protocol import CloseCode
 
 log = logging.getLogger("collab.connection")
 
+
 @dataclass(slots=True)
 class ClientInfo:
     """Who is on the other end, from the token and the query string or headers."""
@@ -47,7 +48,6 @@ class Connection:
     __slots__ = (
         "_closer", "_counters", "_queue", "_queued_bytes", "_writer", "bytes_in", "bytes_out", "close_code",
         "close_reason", "closing", "denied_sent", "id", "info", "messages_in", "opened_at", "peer", "queue_limit",
-        "stuck_checks",
     )
 
     def __init__(
@@ -70,7 +70,6 @@ class Connection:
         self.bytes_in = 0
         self.bytes_out = 0
         self.messages_in = 0
-        self.stuck_checks = 0
 
     def send(self, frame: bytes) -> None:
         if self.closing:

@@ -43,10 +43,7 @@ class UpdateBatch:
 
     merged: bytes
     updates: list[AppliedUpdate]
-
-    @property
-    def local(self) -> bool:
-        return any(not u.remote for u in self.updates)
+    local: bool  # any of them made here (not relayed by another process)
 
 
 class Extension:

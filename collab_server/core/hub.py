@@ -258,28 +258,12 @@ class Hub:
         self._policy.request(document_id)
 
     async def _sweep(self) -> None:
-        """Once a second: abort stuck sockets; compact rooms whose oldest pending update is old."""
-        every = max(1, round(max(0.2, min(5.0, self.config.compaction.max_age_seconds / 2))))
-        tick = 0
+        """Compact rooms whose oldest pending update is old. (A socket that never finishes
+        closing is the transport's to drop: it owns the TCP connection.)"""
+        every = max(0.2, min(5.0, self.config.compaction.max_age_seconds / 2))
         while True:
-            await asyncio.sleep(1.0)
-            self._abort_stuck()
-            tick += 1
-            if tick % every == 0:
-                self._policy.sweep()
-
-    def _abort_stuck(self) -> None:
-        """A socket the server has begun to close (keepalive timeout, our close) but whose peer
-        does not read never finishes closing on its own; seen twice, it is aborted."""
-        for room in list(self._rooms.values()):
-            for conn in list(room.connections):
-                if not conn.peer.is_closing():
-                    conn.stuck_checks = 0
-                    continue
-                conn.stuck_checks += 1
-                if conn.stuck_checks >= 2:
-                    log.info("aborting the stuck connection %s", conn.id)
-                    conn.abort()
+            await asyncio.sleep(every)
+            self._policy.sweep()
 
     # -- shutdown ------------------------------------------------------------------------
 

@@ -193,7 +193,7 @@ class Room:
         merged = first.update if len(pending) == 1 else merge_updates(*(p.update for p in pending))
         only = first.origin if all(p.origin is first.origin for p in pending) else None
         self.broadcast(encode_update(merged), exclude=only)
-        batch = UpdateBatch(merged, pending)
+        batch = UpdateBatch(merged, pending, any(not p.remote for p in pending))
         if self._storage is not None and batch.local:
             self._write_ahead(pending)
         self._extensions.on_updates(self, batch)

@@ -174,13 +174,13 @@ class WebSocketProtocol(asyncio.Protocol):
         self._handshake: asyncio.Task[None] | None = None
         self._paused = False
         self._resumed: asyncio.Future[None] | None = None
-        self._lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._gone = False  # connection_lost has run
         self._fragments: list[bytes] | None = None
         self._ping_at = 0.0  # when the last ping went out (0: none outstanding)
-        self._close_sent_at = 0.0
-        self._closing_since = 0.0
+        self._closing_since = 0.0  # when we sent a close frame or closed the transport (0: not yet)
         self._next_ping = 0.0
         self._bucket: TokenBucket | None = None
+        self._max_awareness = settings.max_awareness_bytes
         self.conn: Connection | None = None
         self.room: Room | None = None
 
@@ -238,8 +238,7 @@ class WebSocketProtocol(asyncio.Protocol):
         self._sockets.open.discard(self)
         if self._handshake is not None and not self._handshake.done():
             self._handshake.cancel()
-        if not self._lost.done():
-            self._lost.set_result(None)
+        self._gone = True
         if self._resumed is not None and not self._resumed.done():
             self._resumed.set_exception(ConnectionError("connection lost"))
             self._resumed.exception()  # retrieved here if no writer waits for it
@@ -292,22 +291,16 @@ class WebSocketProtocol(asyncio.Protocol):
 
     async def close(self, code: int, reason: str) -> None:
         """Queue the close frame behind what is in flight. The TCP connection ends when the client
-        answers; one that never does is aborted by the hub's stuck-socket sweep (`is_closing`)."""
+        answers; one that has not within CLOSE_GRACE is aborted by `tick`."""
         if self._ws.close_sent is None and self._transport is not None and not self._transport.is_closing():
             self._ws.send_close(code, reason)
-            self._close_sent_at = time.monotonic()
+            self._closing_since = self._closing_since or time.monotonic()
             self._send_pending()
         self._leave()
 
     def abort(self) -> None:
         if self._transport is not None:
             self._transport.abort()
-
-    def is_closing(self) -> bool:
-        """True once the socket is closing and the client has had its chance to finish the close."""
-        if self._transport is None or self._transport.is_closing():
-            return True
-        return bool(self._close_sent_at) and time.monotonic() - self._close_sent_at > CLOSE_GRACE
 
     # -- opening --------------------------------------------------------------------------------
 
@@ -358,7 +351,7 @@ class WebSocketProtocol(asyncio.Protocol):
         except RoomUnavailable as exc:
             self._refuse_open(conn, exc.code, exc.reason)
             return
-        if self._lost.done():  # the client left while the room loaded
+        if self._gone:  # the client left while the room loaded
             ctx.hub.leave(room, conn)
             return
         self.conn, self.room = conn, room
@@ -414,7 +407,7 @@ class WebSocketProtocol(asyncio.Protocol):
         counters.values["collab_bytes_in_total"] += len(data)
         try:
             msg = decode(data)
-            if msg.kind is Kind.AWARENESS and len(msg.payload) > self._ctx.settings.max_awareness_bytes:
+            if msg.kind is Kind.AWARENESS and len(msg.payload) > self._max_awareness:
                 raise ProtocolError(CloseCode.MESSAGE_TOO_BIG, "awareness update too large")
             if self.room is not None:
                 self.room.handle(conn, msg)
@@ -468,8 +461,7 @@ class WebSocketProtocol(asyncio.Protocol):
     def tick(self, now: float, interval: float, timeout: float) -> None:
         """Abort a socket whose close the client has not answered within CLOSE_GRACE; send a
         ping every `interval` (0: none) and drop the connection if one goes unanswered for `timeout`."""
-        since = self._close_sent_at or self._closing_since
-        if since and now - since > CLOSE_GRACE:
+        if self._closing_since and now - self._closing_since > CLOSE_GRACE:
             if self._transport is not None:
                 self._transport.abort()
             return

@@ -67,9 +67,6 @@ class MemoryPeer:
     def abort(self) -> None:
         self.aborted = True
 
-    def is_closing(self) -> bool:
-        return self.closed is not None or self.aborted
-
     def messages(self) -> list[Message]:
         return [decode(f) for f in self.frames]
 
