@@ -49,6 +49,7 @@ log = logging.getLogger("collab.bus")
 PREFIX = "collab:bus:"
 KIND_UPDATE = b"u"
 KIND_AWARENESS = b"a"
+KIND_STATELESS = b"s"
 
 
 def stream_key(document_id: UUID) -> str:
@@ -147,6 +148,9 @@ class Bus(Extension):
         if change.relay is not None and isinstance(origin, Connection):
             self.publish(room.id, KIND_AWARENESS, change.relay)
 
+    def on_stateless(self, room: Room, origin: Connection, payload: str) -> None:
+        self.publish(room.id, KIND_STATELESS, payload.encode())
+
     def _rooms(self) -> list[Room]:
         return self._hub.rooms() if self._hub is not None else []
 
@@ -229,6 +233,8 @@ class Bus(Extension):
                 room.apply_remote(payload)
             elif kind == KIND_AWARENESS:
                 room.apply_remote_awareness(payload, self.peer(sender.decode()))
+            elif kind == KIND_STATELESS:
+                room.relay_stateless(payload.decode())
         except Exception as exc:  # never let one bad entry stop the relay
             log.warning("dropping a bus entry for %s: %s", room.id, exc)
 

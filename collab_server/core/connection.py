@@ -11,12 +11,13 @@ import contextlib
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from uuid import UUID
 
 from .counters import Counters
 from .peer import Peer
-from .protocol import CloseCode
+from .protocol import CloseCode, encode_permission_denied
 
 log = logging.getLogger("collab.connection")
 
@@ -44,6 +45,7 @@ class Connection:
     backlog."""
 
     CLOSE_TIMEOUT = 2.0  # seconds for the close frame to get out before the connection is aborted
+    acknowledges = False  # does the client count edits until the server acknowledges them?
 
     __slots__ = (
         "_closer", "_counters", "_queue", "_queued_bytes", "_writer", "bytes_in", "bytes_out", "close_code",
@@ -96,6 +98,21 @@ class Connection:
         if written:
             self.bytes_out += len(frame)
         return written
+
+    # -- what differs between dialects (y-websocket here; `hocuspocus.HocuspocusConnection`) --
+
+    def edit_refused(self, known: Callable[[], bool] | None) -> None:
+        """A read-only client sent an edit (`known` tells whether it brings nothing new: only
+        for a sync step 2). y-websocket hears why once; its provider has no acknowledgements."""
+        if not self.denied_sent:
+            self.denied_sent = True
+            self.send(encode_permission_denied("read-only: this connection may not edit the document"))
+
+    def edits_durable(self, count: int) -> None:
+        """`count` edits of this connection are stored (only called when `acknowledges`)."""
+
+    def send_stateless(self, payload: str) -> None:
+        """An application message for the document; y-websocket has no such message."""
 
     @property
     def queued_bytes(self) -> int:

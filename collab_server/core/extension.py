@@ -10,8 +10,10 @@ reaches rooms (`hub.get`, `hub.rooms`): there is no shared dict to mutate.
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
@@ -75,13 +77,16 @@ class Extension:
 
     def on_updates(self, room: Room, batch: UpdateBatch) -> None: ...
 
+    def on_stateless(self, room: Room, origin: Connection, payload: str) -> None:
+        """A client sent an application message (Hocuspocus' Stateless) for this document."""
+
     def on_committed(self, updates: Sequence[PendingUpdate]) -> None:
         """A group commit made `updates` durable (cross-process relay starts only here)."""
 
 
 _HOOKS = (
     "on_loading", "on_loaded", "on_load_failed", "on_unloaded", "on_join", "on_leave",
-    "on_awareness", "on_updates", "on_committed",
+    "on_awareness", "on_updates", "on_stateless", "on_committed",
 )
 
 
@@ -131,5 +136,46 @@ class Extensions:
     def on_updates(self, room: Room, batch: UpdateBatch) -> None:
         self._fire("on_updates", room, batch)
 
+    def on_stateless(self, room: Room, origin: Connection, payload: str) -> None:
+        self._fire("on_stateless", room, origin, payload)
+
     def on_committed(self, updates: Sequence[PendingUpdate]) -> None:
         self._fire("on_committed", updates)
+
+
+@dataclass(frozen=True, slots=True)
+class StatelessEvent:
+    """What an application's stateless hook receives."""
+
+    document_id: UUID
+    user_id: UUID | None
+    connection_id: str
+    payload: str
+
+
+StatelessCallable = Callable[[StatelessEvent], Any]
+
+
+class StatelessHook(Extension):
+    """The application's hook for stateless messages: a plain callable (or a coroutine function,
+    run as a task of its own so a slow one never holds up the room)."""
+
+    def __init__(self, hook: StatelessCallable) -> None:
+        self._hook = hook
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def on_stateless(self, room: Room, origin: Connection, payload: str) -> None:
+        result = self._hook(StatelessEvent(room.id, origin.info.user_id, origin.id, payload))
+        if inspect.isawaitable(result):
+            task = asyncio.ensure_future(result)
+            self._tasks.add(task)
+            task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("stateless hook failed: %r", task.exception())
+
+    async def on_stop(self) -> None:
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=5)

@@ -27,7 +27,6 @@ from .protocol import (
     Message,
     ProtocolError,
     encode_awareness,
-    encode_permission_denied,
     encode_sync_step1,
     encode_sync_step2,
     encode_update,
@@ -60,6 +59,8 @@ class Room:
         self._extensions = extensions if extensions is not None else _NO_EXTENSIONS
         self.counters = counters if counters is not None else Counters()
         self._pending: list[AppliedUpdate] = []
+        self._acks: dict[Connection, int] = {}
+        self._acking: asyncio.Task[None] | None = None
         self.write_refused = False
 
     # -- loading -------------------------------------------------------------------------
@@ -81,6 +82,7 @@ class Room:
 
     def remove(self, conn: Connection) -> None:
         self.connections.discard(conn)
+        self._acks.pop(conn, None)
         self.drop_owner(conn)
 
     def drop_owner(self, owner: object) -> None:
@@ -117,13 +119,52 @@ class Room:
 
     def _handle_update(self, conn: Connection, update: bytes, as_sent: bool) -> None:
         if not conn.info.can_write:
-            if not conn.denied_sent:
-                conn.denied_sent = True
-                conn.send(encode_permission_denied("read-only: this connection may not edit the document"))
+            conn.edit_refused(None if as_sent else lambda: self.knows(update))
             return
         if self._storage is not None and not self._storage.has_room_for(len(update)):
             raise ProtocolError(CloseCode.TRY_AGAIN_LATER, "storage backlog full: edits are paused, reconnect later")
         self.apply_update(update, conn, as_sent=as_sent)
+        if conn.acknowledges:
+            self._owe_acknowledgement(conn)
+
+    def knows(self, update: bytes) -> bool:
+        """Whether applying `update` would change nothing (tried on a copy: for read-only
+        clients' sync step 2 only, once per connection)."""
+        if update == _EMPTY_UPDATE:
+            return True
+        copy: Doc[Any] = Doc()
+        copy.apply_update(self.doc.get_update())
+        try:
+            return not self._apply_observed(update, copy)
+        except BaseException as exc:  # invalid update, or a Rust panic
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
+            return False
+
+    # -- acknowledgements (clients that count unsynced edits) -------------------------------
+
+    def _owe_acknowledgement(self, conn: Connection) -> None:
+        self._acks[conn] = self._acks.get(conn, 0) + 1
+        if self._acking is None:
+            self._acking = asyncio.get_running_loop().create_task(self._acknowledge(), name=f"acks-{self.id}")
+
+    async def _acknowledge(self) -> None:
+        """Acknowledge edits once they are durable: one task per room and commit, not per edit."""
+        try:
+            while self._acks:
+                await asyncio.sleep(0)  # this turn's flush hands the edits to the write-ahead first
+                owed, self._acks = self._acks, {}
+                if self._storage is not None and not await self._storage.flush(5.0):
+                    for conn, count in owed.items():  # not stored yet: the client keeps counting
+                        self._acks[conn] = self._acks.get(conn, 0) + count
+                    owed = {}
+                for conn, count in owed.items():
+                    if conn in self.connections:
+                        conn.edits_durable(count)
+                if not self.connections:
+                    self._acks.clear()
+        finally:
+            self._acking = None
 
     def apply_update(
         self, update: bytes, origin: Connection | None, actor: ClientInfo | None = None, *, as_sent: bool = True
@@ -153,13 +194,14 @@ class Room:
         for change in changes:
             self._collect(AppliedUpdate(change, origin, who, False))
 
-    def _apply_observed(self, update: bytes) -> list[bytes]:
+    def _apply_observed(self, update: bytes, doc: Doc[Any] | None = None) -> list[bytes]:
+        doc = self.doc if doc is None else doc
         changes: list[bytes] = []
-        subscription = self.doc.observe(lambda event: changes.append(event.update))
+        subscription = doc.observe(lambda event: changes.append(event.update))
         try:
-            self.doc.apply_update(update)
+            doc.apply_update(update)
         finally:
-            self.doc.unobserve(subscription)
+            doc.unobserve(subscription)
         return changes
 
     def apply_remote(self, update: bytes) -> None:
@@ -236,6 +278,18 @@ class Room:
             self.broadcast(encode_awareness(change.relay))
         if change.relay is not None or change.states:
             self._extensions.on_awareness(self, conn, change)
+
+    def stateless(self, conn: Connection, payload: str) -> None:
+        """An application message from a client: to the extensions (the application's hook, the
+        bus), then to the document's other connections."""
+        self._extensions.on_stateless(self, conn, payload)
+        self.relay_stateless(payload, exclude=conn)
+
+    def relay_stateless(self, payload: str, exclude: Connection | None = None) -> None:
+        """Deliver a stateless message here (from a client, or another process through the bus)."""
+        for other in self.connections:
+            if other is not exclude:
+                other.send_stateless(payload)
 
     def broadcast(self, frame: bytes, exclude: Connection | None = None) -> None:
         for conn in self.connections:
