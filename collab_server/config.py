@@ -139,6 +139,22 @@ class Settings:
         default=64 * 1024, metadata=_env("COLLAB_MAX_AWARENESS_BYTES", _parse_positive_int)
     )
 
+    # The Hocuspocus route (/hocuspocus): many documents on one socket.
+    hocuspocus_max_documents: int = field(
+        default=100, metadata=_env("COLLAB_HOCUSPOCUS_MAX_DOCUMENTS", _parse_positive_int)
+    )
+    max_sockets_per_user: int = field(
+        default=50, metadata=_env("COLLAB_MAX_SOCKETS_PER_USER", _parse_positive_int)
+    )
+    max_stateless_bytes: int = field(
+        default=64 * 1024, metadata=_env("COLLAB_MAX_STATELESS_BYTES", _parse_positive_int)
+    )
+    rate_stateless_per_second: float = field(
+        default=50.0, metadata=_env("COLLAB_RATE_STATELESS_PER_SECOND", _parse_non_negative_float)
+    )
+    # `package.module:function`, called with a `StatelessEvent` for every stateless message.
+    stateless_hook: str | None = field(default=None, metadata=_env("COLLAB_STATELESS_HOOK"))
+
     # Scale-out: relay between processes through Redis Streams ("off" for a lone process).
     bus: str = field(default="on", metadata=_env("COLLAB_BUS", _parse_auth))
     bus_replay_ms: int = field(default=2000, metadata=_env("COLLAB_BUS_REPLAY_MS", _parse_non_negative_int))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 import os
 import socket
@@ -27,7 +28,7 @@ from collab_server.config import Settings
 from collab_server.context import AppContext
 from collab_server.core.compaction import CompactionConfig
 from collab_server.core.counters import Counters
-from collab_server.core.extension import Extension
+from collab_server.core.extension import Extension, StatelessHook
 from collab_server.core.hub import Hub, HubConfig
 from collab_server.storage import db, ydoc
 from collab_server.storage.migrate import migrate
@@ -56,6 +57,17 @@ def hub_config(settings: Settings) -> HubConfig:
     )
 
 
+def load_callable(spec: str) -> Any:
+    """`package.module:function` (COLLAB_STATELESS_HOOK) to the function it names."""
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise ValueError(f"{spec!r} is not `package.module:function`")
+    target = getattr(importlib.import_module(module_name), attribute)
+    if not callable(target):
+        raise ValueError(f"{spec!r} is not callable")
+    return target
+
+
 async def build_context(settings: Settings, database_url: str, redis_url: str) -> tuple[AppContext, Metrics]:
     conn = await db.connect(database_url)
     try:
@@ -75,6 +87,8 @@ async def build_context(settings: Settings, database_url: str, redis_url: str) -
     metrics = Metrics(counters)
     presence = Presence(redis, settings, process_id)
     extensions: list[Extension] = [metrics, presence]
+    if settings.stateless_hook:
+        extensions.append(StatelessHook(load_callable(settings.stateless_hook)))
     revocation = bus = None
     if settings.auth == "on":
         revocation = RevocationWatcher(database_url, access)

@@ -20,10 +20,8 @@ import contextlib
 import logging
 import time
 import uuid
-from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
-from uuid import UUID
+from urllib.parse import parse_qsl, urlsplit
 
 import orjson
 from websockets.datastructures import Headers
@@ -33,42 +31,25 @@ from websockets.http11 import Request, Response
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
-from collab_server.access.auth import AuthError, token_from
 from collab_server.access.limits import TokenBucket
 from collab_server.context import AppContext
 from collab_server.core.connection import ClientInfo, Connection
 from collab_server.core.hub import RoomUnavailable
 from collab_server.core.protocol import CloseCode, Kind, ProtocolError, decode
 from collab_server.core.room import Room
-from collab_server.storage.postgres import LOCAL_USER_ID
+
+from . import hocuspocus
+from .authorize import PATH_PREFIX, Refusal, Upgrade, authorize
 
 log = logging.getLogger("collab.transport")
 # websockets logs every open and close at INFO; our own close line carries more.
 _WS_LOG = logging.getLogger("collab.transport.websockets")
 _WS_LOG.setLevel(logging.WARNING)
 
-PATH_PREFIX = "/ws/"
-DEVICE_TYPES = {"web", "desktop", "mobile"}
 CLOSE_GRACE = 5.0  # seconds a client gets to answer our close frame before the socket counts as stuck
 STATE_KEY = "collab_sockets"  # where the lifespan state holds the `Sockets` of this app
 _REASONS = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
             429: "Too Many Requests", 503: "Service Unavailable"}
-
-
-@dataclass(frozen=True, slots=True)
-class Upgrade:
-    """The parts of an upgrade request that authentication reads (what `token_from` expects)."""
-
-    path: str
-    headers: Headers
-    query_params: dict[str, str]
-
-
-@dataclass(frozen=True, slots=True)
-class Refusal:
-    status: int
-    code: str
-    message: str
 
 
 class Sockets:
@@ -77,6 +58,7 @@ class Sockets:
     def __init__(self, ctx: AppContext) -> None:
         self.ctx = ctx
         self.open: set[WebSocketProtocol] = set()
+        self.users = hocuspocus.UserSockets()  # per-user socket counts of the Hocuspocus route
         self._keepalive: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -99,58 +81,6 @@ class Sockets:
                     sock.tick(now, interval if pings else 0.0, timeout)
                 except Exception:  # one socket must never stop the keepalive of all the others
                     log.exception("keepalive tick failed")
-
-
-def client_info(upgrade: Upgrade, address: str | None, user_id: UUID | None, role: str) -> ClientInfo:
-    def pick(name: str, limit: int) -> str | None:
-        value = upgrade.query_params.get(name) or upgrade.headers.get(f"x-{name.replace('_', '-')}")
-        return value[:limit] if value else None
-
-    device_type = (pick("device_type", 50) or "web").lower()
-    return ClientInfo(
-        user_id=user_id,
-        role=role,
-        device_type=device_type if device_type in DEVICE_TYPES else "web",
-        device_name=pick("device_name", 255),
-        client_version=pick("client_version", 50),
-        address=address,
-    )
-
-
-async def authorize(ctx: AppContext, upgrade: Upgrade, address: str | None) -> tuple[UUID | None, ClientInfo] | Refusal:
-    """Who may open which document. A document id that is not a UUID is (None, info): the socket is
-    accepted and closed with 4400, as y-websocket clients expect a close code for a bad room name."""
-    if not ctx.address_limiter.allow(address):
-        return Refusal(429, "too_many_requests", "too many connections from this address; slow down")
-    name = unquote(upgrade.path[len(PATH_PREFIX):])
-    if ctx.settings.auth == "off":
-        try:
-            document_id = await ctx.store.ensure_open_document(name)
-        except Exception as exc:
-            log.warning("open-mode document %r could not be created: %s", name, exc)
-            return Refusal(503, "unavailable", "the database is unavailable")
-        return document_id, client_info(upgrade, address, LOCAL_USER_ID, "editor")
-    try:
-        document_id = UUID(name)
-    except ValueError:
-        return None, client_info(upgrade, address, None, "viewer")
-    try:
-        claims = await ctx.tokens.verify(token_from(upgrade))
-        user_id = await ctx.access.user_id(str(claims["sub"]))
-        if user_id is None:
-            raise AuthError("unknown user")
-    except AuthError as exc:
-        return Refusal(401, "unauthorized", str(exc))
-    try:
-        access = await ctx.access.document_access(user_id, document_id)
-    except Exception as exc:
-        log.warning("access check failed: %s", exc)
-        return Refusal(503, "unavailable", "the database is unavailable")
-    if not access.visible or access.role is None:  # never say whether it exists
-        return Refusal(403, "forbidden", "no access to this document")
-    if access.gone:
-        return Refusal(404, "not_found", "document was deleted")
-    return document_id, client_info(upgrade, address, user_id, access.role)
 
 
 def _json_response(status: int, code: str, message: str) -> Response:
@@ -183,6 +113,7 @@ class WebSocketProtocol(asyncio.Protocol):
         self._max_awareness = settings.max_awareness_bytes
         self.conn: Connection | None = None
         self.room: Room | None = None
+        self.session: hocuspocus.Session | None = None  # the Hocuspocus route: many documents
 
     # -- asyncio.Protocol ----------------------------------------------------------------------
 
@@ -252,11 +183,19 @@ class WebSocketProtocol(asyncio.Protocol):
     def _leave(self) -> None:
         """Out of the room as soon as the connection is over for us (our close sent, the client's
         close received, or the socket gone): no more fan-out to it while TCP winds down."""
+        session = self.session
+        if session is not None and not session.ended:
+            session.end()
+            if self.conn is not None:
+                self._finished(self.conn, None)
         conn, room = self.conn, self.room
         if conn is None or room is None:
             return
         self.room = None
         self._ctx.hub.leave(room, conn)
+        self._finished(conn, room)
+
+    def _finished(self, conn: Connection, room: Room | None) -> None:
         asyncio.get_running_loop().create_task(self._finish(conn, room), name=f"finish-{conn.id}")
 
     def shutdown(self) -> None:
@@ -332,8 +271,12 @@ class WebSocketProtocol(asyncio.Protocol):
         parts = urlsplit(request.path)
         upgrade = Upgrade(parts.path, request.headers, dict(parse_qsl(parts.query)))
         self._address = ctx.proxies.client(self._address, request.headers)
+        if parts.path.rstrip("/") == hocuspocus.PATH:
+            self._open_hocuspocus(response, upgrade)
+            return
         if not parts.path.startswith(PATH_PREFIX):
-            self._refuse(Refusal(404, "not_found", "no WebSocket endpoint here; connect to /ws/{document}"))
+            message = "no WebSocket endpoint here; connect to /ws/{document} or /hocuspocus"
+            self._refuse(Refusal(404, "not_found", message))
             return
         decision = await authorize(ctx, upgrade, self._address)
         if isinstance(decision, Refusal):
@@ -355,10 +298,35 @@ class WebSocketProtocol(asyncio.Protocol):
             ctx.hub.leave(room, conn)
             return
         self.conn, self.room = conn, room
-        rate = ctx.settings.rate_messages_per_second
+        self._opened()
+
+    def _opened(self) -> None:
+        settings = self._ctx.settings
+        rate = settings.rate_messages_per_second
         self._bucket = TokenBucket(rate, rate * 2) if rate > 0 else None
-        self._next_ping = time.monotonic() + ctx.settings.ping_interval
+        self._next_ping = time.monotonic() + settings.ping_interval
         self._resume_reading()
+
+    def _open_hocuspocus(self, response: Response, upgrade: Upgrade) -> None:
+        """Upgrade at once: who may open what is asked per document, in the messages."""
+        ctx = self._ctx
+        if not ctx.address_limiter.allow(self._address):
+            self._refuse(Refusal(429, "too_many_requests", "too many connections from this address; slow down"))
+            return
+        if ctx.hub.closing:
+            self._refuse(Refusal(503, "unavailable", "server is shutting down"))
+            return
+        self._ws.send_response(response)
+        self._send_pending()
+        # The socket's own connection: in no room; closing it closes the socket and every document.
+        self.conn = Connection(uuid.uuid4().hex, ClientInfo(address=self._address), self,
+                               ctx.settings.send_queue_bytes, ctx.counters)
+        self.session = hocuspocus.Session(
+            ctx, self, self.conn, upgrade, self._sockets.users,
+            lambda code, reason, label: self._reject(self.conn, code, reason, label) if self.conn else None,
+            self._finished,
+        )
+        self._opened()
 
     def _refuse_open(self, conn: Connection, code: int, reason: str) -> None:
         """Accepted, then closed with a code the client acts on; reading resumes for its close reply."""
@@ -406,6 +374,9 @@ class WebSocketProtocol(asyncio.Protocol):
         conn.messages_in += 1
         counters.values["collab_bytes_in_total"] += len(data)
         try:
+            if self.session is not None:
+                self.session.receive(data)
+                return
             msg = decode(data)
             if msg.kind is Kind.AWARENESS and len(msg.payload) > self._max_awareness:
                 raise ProtocolError(CloseCode.MESSAGE_TOO_BIG, "awareness update too large")
@@ -483,13 +454,13 @@ class WebSocketProtocol(asyncio.Protocol):
                 self._ws.send_ping(b"")
                 self._send_pending()
 
-    async def _finish(self, conn: Connection, room: Room) -> None:
+    async def _finish(self, conn: Connection, room: Room | None) -> None:
         await conn.finish()
         code = conn.close_code or 1000
         log.info(
-            "connection closed",
+            "connection closed" if room is not None or self.session is None else "hocuspocus socket closed",
             extra={
-                "event": "close", "conn": conn.id, "document": str(room.id), "code": code,
+                "event": "close", "conn": conn.id, "document": str(room.id) if room else None, "code": code,
                 "reason": conn.close_reason, "bytes_in": conn.bytes_in, "bytes_out": conn.bytes_out,
                 "messages_in": conn.messages_in,
                 "seconds": round(time.monotonic() - conn.opened_at, 3),
