@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 NODE_DIR = Path(__file__).resolve().parent / "node"
 CLIENT_SCRIPT = NODE_DIR / "client.mjs"
 REF_SERVER_SCRIPT = NODE_DIR / "ref_server.mjs"
+HOCUSPOCUS_SCRIPT = NODE_DIR / "hocuspocus.mjs"
+HOCUSPOCUS_SERVER_SCRIPT = NODE_DIR / "hocuspocus_server.mjs"
 MIN_NODE_MAJOR = 18
 # Replies such as encodeState can be large; asyncio's default 64 KiB line limit is too small.
 _LINE_LIMIT = 64 * 1024 * 1024
@@ -90,6 +92,8 @@ def _modules_ready() -> bool:
             installed = json.loads((NODE_DIR / "node_modules" / name / "package.json").read_text())
         except (OSError, ValueError):
             return False
+        if version.startswith("npm:"):  # an alias, "npm:@scope/package@1.2.3"
+            version = version.rsplit("@", 1)[1]
         if installed.get("version") != version:
             return False
     return True
@@ -361,11 +365,28 @@ class NodeClients:
         await self.close()
 
 
+class HocuspocusClients(NodeClients):
+    """A `node hocuspocus.mjs` process: real `@hocuspocus/provider`s (4.x, or 3.x with version=3) on
+    shared sockets. ``socket`` opens a HocuspocusProviderWebsocket, ``open`` attaches a document to it."""
+
+    script = HOCUSPOCUS_SCRIPT
+
+    async def socket(self, name: str, url: str, version: int = 4) -> str:
+        await self.call("socket", socket=name, url=url, version=version)
+        return name
+
+    async def open(self, client: str, socket: str, name: str, **kw: Any) -> ClientHandle:
+        reply = await self.call("open", client=client, socket=socket, name=name, **kw)
+        return ClientHandle(self, client, reply.get("clientId"))
+
+
 class RefServer:
     """The y-websocket reference server (in memory) on a free port, for comparison runs.
 
     It binds port 0 itself and reports the real port, so there is no free-port race.
     """
+
+    script: Path = REF_SERVER_SCRIPT
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, env: dict[str, str] | None = None) -> None:
         self.host = host
@@ -392,7 +413,7 @@ class RefServer:
                                    "the y-websocket reference server")
         await asyncio.to_thread(ensure_node_modules)
         self._proc = await asyncio.create_subprocess_exec(
-            "node", str(REF_SERVER_SCRIPT), "--host", self.host, "--port", str(self.port),
+            "node", str(self.script), "--host", self.host, "--port", str(self.port),
             "--exit-on-stdin-close",
             cwd=NODE_DIR,
             stdin=asyncio.subprocess.PIPE,
@@ -433,3 +454,9 @@ class RefServer:
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
         await self.close()
+
+
+class HocuspocusRefServer(RefServer):
+    """`@hocuspocus/server` (in memory), to check the Hocuspocus harness against the reference."""
+
+    script = HOCUSPOCUS_SERVER_SCRIPT
