@@ -232,21 +232,30 @@ class OurServer(ServerBase):
 
 
 class RefServer(ServerBase):
+    """A reference server under node, from tests/node (its npm packages pinned there)."""
+
     name = "y-websocket"
+    script = "ref_server.mjs"
+    package = "@y/websocket-server"
+    route = "/ws"
 
     def __init__(self, cpu: int | None, log_dir: Path) -> None:
         self.cpu = cpu
-        self.log_path = log_dir / "ref-server.log"
+        self.log_path = log_dir / f"{self.script.removesuffix('.mjs')}.log"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}{self.route}"
 
     def start(self, timeout: float = 30) -> RefServer:
         if shutil.which("node") is None:
             raise RuntimeError("node is not installed: cannot run the reference server")
-        if not (NODE_DIR / "node_modules" / "@y" / "websocket-server").exists():
+        if not (NODE_DIR / "node_modules" / self.package).exists():
             subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=NODE_DIR,
                            check=True, timeout=600)
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [*pin_prefix(self.cpu), "node", str(NODE_DIR / "ref_server.mjs"), "--host", "127.0.0.1", "--port", "0",
+            [*pin_prefix(self.cpu), "node", str(NODE_DIR / self.script), "--host", "127.0.0.1", "--port", "0",
              "--exit-on-stdin-close"],
             cwd=NODE_DIR, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
         )
@@ -265,13 +274,22 @@ class RefServer(ServerBase):
                     return self
             time.sleep(0.02)
         self.stop()
-        raise RuntimeError(f"reference server did not start (got {line!r})")
+        raise RuntimeError(f"{self.name} reference server did not start (got {line!r})")
 
     def stop(self, timeout: float = 10) -> int | None:
         if self.proc is not None and self.proc.stdin is not None:
             with contextlib.suppress(OSError):
                 self.proc.stdin.close()
         return super().stop(timeout)
+
+
+class HocuspocusServer(RefServer):
+    """`@hocuspocus/server` in memory (no extensions): the reference for the Hocuspocus route."""
+
+    name = "hocuspocus"
+    script = "hocuspocus_server.mjs"
+    package = "@hocuspocus/server"
+    route = "/hocuspocus"  # it upgrades any path; ours serves the dialect here
 
 
 @contextlib.contextmanager

@@ -34,11 +34,11 @@ schedule and its measurements), `scenarios` (single-purpose measurements for the
 from .config import LoadConfig, LoadTestError, check_loopback, parse_mix, parse_params
 from .report import LatencyStats, LoadResult, StepResult, summary_table
 from .runner import run_load
-from .scenarios import close_all, cold_rooms, hold_connections, large_document, seed_rooms
+from .scenarios import close_all, cold_rooms, hold_connections, hold_documents, large_document, seed_rooms
 from .workload import encode_text_insert, tags_in
 
 __all__ = [
     "LatencyStats", "LoadConfig", "LoadResult", "LoadTestError", "StepResult", "check_loopback", "close_all",
-    "cold_rooms", "encode_text_insert", "hold_connections", "large_document", "parse_mix", "parse_params",
-    "run_load", "seed_rooms", "summary_table", "tags_in",
+    "cold_rooms", "encode_text_insert", "hold_connections", "hold_documents", "large_document", "parse_mix",
+    "parse_params", "run_load", "seed_rooms", "summary_table", "tags_in",
 ]

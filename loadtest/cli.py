@@ -52,11 +52,13 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
               help="Documents whose clients rebuild their Doc with pycrdt at the end (-1: all).")
 @click.option("--prefix", default="", help="Document name prefix (default: a fresh random one).")
 @click.option("--seed", type=int, default=None)
+@click.option("--dialect", type=click.Choice(["y-websocket", "hocuspocus"]), default="y-websocket", show_default=True,
+              help="hocuspocus: --url is the route (ws://…/hocuspocus) and documents are named in the messages.")
 @click.option("--json", "as_json", is_flag=True, help="Print exactly one JSON object.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Live progress on stderr.")
 def main(url: str, documents: int, clients: int, rate: float, steps: str, duration: float, mix: str,
              token: str | None, params: tuple[str, ...], drain: float, max_seconds: float, check_rooms: int,
-             prefix: str, seed: int | None, as_json: bool, progress: bool) -> None:
+             prefix: str, seed: int | None, dialect: str, as_json: bool, progress: bool) -> None:
     """Drive a y-websocket server (collab-server or the reference) and measure it end to end.
 
     Exit status: 0 when every update reached every client and all clients converged, 1 when
@@ -70,7 +72,7 @@ def main(url: str, documents: int, clients: int, rate: float, steps: str, durati
         config = LoadConfig(
             url=url, documents=documents, clients=clients, rate=rate, duration=duration, mix=parse_mix(mix),
             params=query, steps=step_rates, drain=drain, max_seconds=max_seconds, check_rooms=check_rooms,
-            prefix=prefix, seed=seed,
+            prefix=prefix, seed=seed, dialect=dialect,
         )
         config.validate()
     except (LoadTestError, ValueError) as exc:

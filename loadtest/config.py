@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 MIXES = ("typing", "cursor", "churn", "late")
+DIALECTS = ("y-websocket", "hocuspocus")
 
 
 class LoadTestError(RuntimeError):
@@ -45,6 +46,8 @@ class LoadConfig:
     prefix: str = ""  # document name prefix; default: a fresh random one per run
     seed: int | None = None
     tick: float = 0.001  # scheduler period
+    # "hocuspocus": `url` is the route itself (…/hocuspocus) and documents are named in the messages.
+    dialect: str = "y-websocket"
 
     def validate(self) -> None:
         check_loopback(self.url)
@@ -55,6 +58,8 @@ class LoadConfig:
         unknown = set(self.mix) - set(MIXES)
         if unknown:
             raise LoadTestError(f"unknown mix element(s) {sorted(unknown)}; choose from {', '.join(MIXES)}")
+        if self.dialect not in DIALECTS:
+            raise LoadTestError(f"unknown dialect {self.dialect!r}; choose from {', '.join(DIALECTS)}")
         if self.max_seconds <= 0:
             raise LoadTestError("--max-seconds must be positive")
 

@@ -163,7 +163,8 @@ class Runner:
         base = cfg.url.rstrip("/")
         for i in range(cfg.documents):
             name = f"{self.prefix}-{i}"
-            self.rooms.append(RoomSlot(i, name, f"{base}/{name}" + (f"?{query}" if query else "")))
+            path = base if cfg.dialect == "hocuspocus" else f"{base}/{name}"  # Hocuspocus: names in messages
+            self.rooms.append(RoomSlot(i, name, path + (f"?{query}" if query else "")))
         if cfg.check_rooms < 0 or cfg.check_rooms >= cfg.documents:
             self.checked = set(range(cfg.documents))
         elif cfg.check_rooms > 0:

@@ -9,9 +9,11 @@ import time
 from dataclasses import asdict
 from typing import Any
 
+from collab_server.core.hocuspocus import AUTH_PERMISSION_DENIED, address_prefix
 from collab_server.core.protocol import (
     encode_sync_step1,
     encode_update,
+    write_var_bytes,
 )
 
 from .client import WSClient, raise_fd_limit, ws_connect
@@ -237,6 +239,81 @@ async def hold_connections(
         "connections": len(clients),
         "open_and_sync_seconds": round(seconds, 3),
         "join_latency": asdict(LatencyStats.of(joins)),
+        "errors": len(errors),
+        "error_samples": errors[:5],
+    }
+
+
+async def hold_documents(
+    url: str, sockets: int, per_socket: int, documents: int, *, concurrency: int = 100, timeout: float = 60.0,
+    prefix: str | None = None, token: str = "",
+) -> tuple[list[WSClient], dict[str, Any]]:
+    """The Hocuspocus dialect: open `sockets` sockets carrying `per_socket` documents each (names drawn
+    round-robin from `documents`), every one authenticated and synced; return them (still open) and timings."""
+    check_loopback(url)
+    raise_fd_limit(sockets + 256)
+    prefix = prefix or f"hp-{os.urandom(3).hex()}"
+    sem = asyncio.Semaphore(concurrency)
+    errors: list[str] = []
+    joins: list[float] = []
+    auth_body = b"\x02\x00" + write_var_bytes(token.encode())
+
+    async def one(s: int) -> WSClient | None:
+        names = [f"{prefix}-{(s * per_socket + j) % documents}" for j in range(per_socket)]
+        keys = [address_prefix(name) for name in names]
+        waiting = set(keys)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        ws: WSClient | None = None
+
+        def on_message(data: bytes, now: float) -> None:
+            for key in keys:  # at most a few dozen: a measurement, not a hot path
+                if data.startswith(key):
+                    body = data[len(key):len(key) + 2]
+                    if body == b"\x00\x01":
+                        waiting.discard(key)
+                        if not waiting and not done.done():
+                            done.set_result(None)
+                    elif body == b"\x00\x00" and ws is not None:
+                        ws.send(key + STEP2_EMPTY)
+                    elif body[:1] == b"\x02" and body[1:2] == bytes((AUTH_PERMISSION_DENIED,)) and not done.done():
+                        done.set_exception(ConnectionError(f"permission denied: {data[len(key) + 2:][:100]!r}"))
+                    return
+
+        def on_close(code: int, reason: str) -> None:
+            if not done.done():
+                done.set_exception(ConnectionError(f"closed before sync: {code} {reason}"))
+
+        def bind(proto: WSClient) -> None:
+            nonlocal ws
+            ws = proto
+
+        async with sem:
+            t0 = time.perf_counter()
+            try:
+                await ws_connect(url, on_message, on_close, timeout, bind=bind)
+                assert ws is not None
+                for key in keys:
+                    ws.send(key + auth_body)
+                    ws.send(key + STEP1_EMPTY)
+                async with asyncio.timeout(timeout):
+                    await done
+            except (OSError, TimeoutError, ConnectionError) as exc:
+                errors.append(str(exc)[:200])
+                if ws is not None:
+                    ws.abort()
+                return None
+            joins.append(time.perf_counter() - t0)
+            return ws
+
+    t0 = time.perf_counter()
+    opened = await asyncio.gather(*(one(s) for s in range(sockets)))
+    seconds = time.perf_counter() - t0
+    clients = [ws for ws in opened if ws is not None]
+    return clients, {
+        "sockets": len(clients),
+        "documents_open": len(clients) * per_socket,
+        "open_and_sync_seconds": round(seconds, 3),
+        "socket_join_latency": asdict(LatencyStats.of(joins)),
         "errors": len(errors),
         "error_samples": errors[:5],
     }

@@ -10,6 +10,7 @@ import time
 from typing import TYPE_CHECKING
 
 from collab_server.core.awareness import encode_entries
+from collab_server.core.hocuspocus import AUTH_PERMISSION_DENIED, address_prefix
 from collab_server.core.protocol import (
     encode_awareness,
     encode_update,
@@ -83,7 +84,7 @@ class LoadClient:
 
     __slots__ = (
         "aw_clock", "cid", "cid_enc", "clock", "closing", "connect_started", "gone", "ident", "join_ms",
-        "keep", "own", "reconnects", "role", "room", "run", "seen", "seq", "step1_at", "step2_bytes",
+        "keep", "own", "prefix", "reconnects", "role", "room", "run", "seen", "seq", "step1_at", "step2_bytes",
         "sync_ms", "synced", "synced_at", "ws",
     )
 
@@ -111,6 +112,8 @@ class LoadClient:
         self.closing = False
         self.gone = False
         self.reconnects = 0
+        # The Hocuspocus dialect: the document's address before every message, both ways.
+        self.prefix = address_prefix(room.name) if run.config.dialect == "hocuspocus" else b""
 
     # -- connecting -----------------------------------------------------------------------
 
@@ -119,7 +122,10 @@ class LoadClient:
         await ws_connect(self.room.url, self._on_message, self._on_close, timeout, bind=self._bind)
         self.step1_at = time.perf_counter()
         assert self.ws is not None  # set by _bind during the handshake
-        self.ws.send(STEP1_EMPTY)
+        if self.prefix:
+            token = self.run.config.params.get("token", "").encode()
+            self.ws.send(self.prefix + b"\x02\x00" + write_var_bytes(token))
+        self.ws.send(self.prefix + STEP1_EMPTY)
         async with asyncio.timeout(timeout):
             await asyncio.shield(self.synced)
 
@@ -140,6 +146,11 @@ class LoadClient:
     # -- receiving (the hot path) ---------------------------------------------------------
 
     def _on_message(self, data: bytes, now: float) -> None:
+        prefix = self.prefix
+        if prefix:
+            if not data.startswith(prefix):
+                return
+            data = data[len(prefix):]
         if len(data) < 2:
             return
         kind = data[0]
@@ -150,10 +161,10 @@ class LoadClient:
             elif sub == 1:
                 self._on_step2(data, now)
             elif sub == 0:
-                self.ws.send(STEP2_EMPTY)  # type: ignore[union-attr]  # a fresh client has nothing
+                self.ws.send(prefix + STEP2_EMPTY)  # type: ignore[union-attr]  # a fresh client has nothing
         elif kind == 1:
             self._on_awareness(data, now)
-        elif kind == 2:
+        elif kind == 2 and (not prefix or data[1] == AUTH_PERMISSION_DENIED):  # (else: Authenticated)
             self.run.error(f"permission denied: {data[2:][:120]!r}")
 
     def _on_update(self, data: bytes, now: float) -> None:
@@ -230,7 +241,7 @@ class LoadClient:
         self.clock = clock + len(text)
         frame = encode_update(update)
         self.run.sent_at[self.ident].append(time.perf_counter())
-        ws.send(frame)
+        ws.send(self.prefix + frame)
         if self.own is not None:
             self.own.append(frame)
 
@@ -243,7 +254,7 @@ class LoadClient:
         state = b'{"user":{"name":"lt-%d"},"cursor":{"anchor":%d,"head":%d},"k":"%d.%d"}' % (
             self.ident, self.clock, self.clock, self.ident, len(seqs))
         seqs.append(time.perf_counter())
-        ws.send(encode_awareness(encode_entries([(self.cid, self.aw_clock, state)])))
+        ws.send(self.prefix + encode_awareness(encode_entries([(self.cid, self.aw_clock, state)])))
 
     def leave(self) -> None:
         self.closing = True
