@@ -55,6 +55,8 @@ def memory(server: ServerBase, documents: int, opened: int, per_socket: int) -> 
         await asyncio.sleep(1.0)
         before = server.probe()
         clients, info = await hold_documents(route(server), opened // per_socket, per_socket, documents, prefix=prefix)
+        if info["errors"]:
+            raise RuntimeError(f"{info['errors']} sockets failed: {info['error_samples']}")
         await asyncio.sleep(2.0)
         after = server.probe()
         await close_all(clients)

@@ -126,6 +126,26 @@ async def test_unsynced_changes_reach_zero_only_once_stored(server, db) -> None:
         assert str(doc.get("content", type=Text)) == "".join(f"{i}," for i in reversed(range(30)))
 
 
+async def test_presence_per_document_on_a_shared_socket(server) -> None:
+    async def listing(name: str) -> list[dict[str, Any]]:
+        response = await server.get(f"/api/documents/{name}/presence")
+        assert response.status_code == 200, response.text
+        return response.json()["presence"]  # type: ignore[no-any-return]
+
+    async with await hocuspocus() as hpc:
+        await hpc.socket("s", hp_url(server) + "?device_type=desktop&device_name=Laptop")
+        a = await hpc.open("a", "s", "present-a", awareness={"user": {"name": "Ada"}})
+        await hpc.open("b", "s", "present-b", awareness={"user": {"name": "Ada"}})
+        for name in ("present-a", "present-b"):
+            people = await eventually(lambda n=name: listing(n), lambda p: len(p) == 1, what=f"{name} listed")
+            assert people[0]["device_type"] == "desktop" and people[0]["device_name"] == "Laptop"
+        await a.call("destroy")  # one document leaves; the other stays present
+        await eventually(lambda: listing("present-a"), lambda p: p == [], what="present-a empty")
+        assert len(await listing("present-b")) == 1
+        await hpc.call("closeSocket", socket="s")
+        await eventually(lambda: listing("present-b"), lambda p: p == [], what="present-b empty")
+
+
 # -- per-document auth ------------------------------------------------------------------------
 
 
@@ -216,6 +236,15 @@ async def test_documents_per_socket_and_sockets_per_user_caps(make_server, db) -
         await hpc.open("t1", "t", str(demo.documents[0]), token=demo.tokens["viewer"])
         await hpc.client("d0").call("insert", index=0, text="fine")
         await hpc.client("d0").call("waitStatus", status={"unsyncedChanges": 0})
+
+
+async def test_open_mode_has_no_per_user_socket_cap(make_server) -> None:
+    # Everyone is the one local user in open mode: a per-user cap would cap the whole server.
+    server = await make_server(max_sockets_per_user=1)
+    async with await hocuspocus() as hpc:
+        for i in range(3):
+            await hpc.socket(f"s{i}", hp_url(server))
+            await hpc.open(f"c{i}", f"s{i}", "open-doc")
 
 
 # -- stateless --------------------------------------------------------------------------------

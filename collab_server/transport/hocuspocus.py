@@ -250,7 +250,8 @@ class Session:
         if document_id is None:
             self._refuse(address, "unknown document: names are document ids (UUIDs)")
             return
-        user_id = info.user_id
+        # Per user: in open mode everyone is the one local user, so the cap would be a global one.
+        user_id = info.user_id if ctx.settings.auth == "on" else None
         if user_id is not None and user_id not in self._user_ids:
             if not self._users.take(user_id, ctx.settings.max_sockets_per_user):
                 self._refuse(address, f"too many connections for this user (limit {ctx.settings.max_sockets_per_user})")
