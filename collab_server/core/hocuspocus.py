@@ -177,7 +177,8 @@ class HocuspocusConnection(Connection):
     """A document on a Hocuspocus socket: edits are acknowledged, stateless messages arrive.
 
     The room calls `edit_refused` synchronously and `edits_durable(n)` once the write-ahead has
-    committed them, so `unsyncedChanges == 0` on the client means stored, not merely received
+    committed them (the hub hands each group commit to its rooms), so `unsyncedChanges == 0` on
+    the client means stored, not merely received
     (Hocuspocus acknowledges on receipt, before its debounced store)."""
 
     __slots__ = ()

@@ -225,6 +225,11 @@ class Hub:
     # -- storage events ------------------------------------------------------------------
 
     def _committed(self, updates: Sequence[PendingUpdate]) -> None:
+        rooms = self._rooms
+        for update in updates:
+            room = rooms.get(update.document_id)
+            if room is not None and room.awaiting_commit:
+                room.committed(update)
         self.extensions.on_committed(updates)
 
     async def flush(self, timeout: float | None = None) -> bool:

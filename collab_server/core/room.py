@@ -59,8 +59,9 @@ class Room:
         self._extensions = extensions if extensions is not None else _NO_EXTENSIONS
         self.counters = counters if counters is not None else Counters()
         self._pending: list[AppliedUpdate] = []
-        self._acks: dict[Connection, int] = {}
-        self._acking: asyncio.Task[None] | None = None
+        self._acks: dict[Connection, int] = {}  # edits to acknowledge at this turn's flush
+        # Acknowledgements waiting for a write-ahead row to commit (the last row of their flush).
+        self.awaiting_commit: list[tuple[PendingUpdate, dict[Connection, int]]] = []
         self.write_refused = False
 
     # -- loading -------------------------------------------------------------------------
@@ -144,27 +145,27 @@ class Room:
     # -- acknowledgements (clients that count unsynced edits) -------------------------------
 
     def _owe_acknowledgement(self, conn: Connection) -> None:
+        """Acknowledged at this turn's flush: with what it writes ahead, once that is committed."""
+        if not self._acks and not self._pending:
+            asyncio.get_running_loop().call_soon(self._flush)
         self._acks[conn] = self._acks.get(conn, 0) + 1
-        if self._acking is None:
-            self._acking = asyncio.get_running_loop().create_task(self._acknowledge(), name=f"acks-{self.id}")
 
-    async def _acknowledge(self) -> None:
-        """Acknowledge edits once they are durable: one task per room and commit, not per edit."""
-        try:
-            while self._acks:
-                await asyncio.sleep(0)  # this turn's flush hands the edits to the write-ahead first
-                owed, self._acks = self._acks, {}
-                if self._storage is not None and not await self._storage.flush(5.0):
-                    for conn, count in owed.items():  # not stored yet: the client keeps counting
-                        self._acks[conn] = self._acks.get(conn, 0) + count
-                    owed = {}
-                for conn, count in owed.items():
-                    if conn in self.connections:
-                        conn.edits_durable(count)
-                if not self.connections:
-                    self._acks.clear()
-        finally:
-            self._acking = None
+    def _acknowledge(self, acks: dict[Connection, int]) -> None:
+        for conn, count in acks.items():
+            if conn in self.connections:
+                conn.edits_durable(count)
+
+    def committed(self, update: PendingUpdate) -> None:
+        """The hub saw `update` of this room committed: acknowledge what waited for it (and
+        anything queued before it: commits come in append order)."""
+        queue = self.awaiting_commit
+        for i, (marker, _acks) in enumerate(queue):
+            if marker is update:
+                done = queue[: i + 1]
+                del queue[: i + 1]
+                for _marker, acks in done:
+                    self._acknowledge(acks)
+                return
 
     def apply_update(
         self, update: bytes, origin: Connection | None, actor: ClientInfo | None = None, *, as_sent: bool = True
@@ -227,40 +228,51 @@ class Room:
     def _flush(self) -> None:
         """Send this turn's updates: merged once into one frame shared by every receiver, and
         one write-ahead row per author. The sender is excluded when it is the only origin;
-        otherwise everyone gets the merged frame (Yjs ignores what it already has)."""
+        otherwise everyone gets the merged frame (Yjs ignores what it already has). Edits of
+        clients that count acknowledgements are acknowledged once their rows are committed."""
         pending, self._pending = self._pending, []
-        if not pending:
-            return
-        first = pending[0]
-        merged = first.update if len(pending) == 1 else merge_updates(*(p.update for p in pending))
-        only = first.origin if all(p.origin is first.origin for p in pending) else None
-        self.broadcast(encode_update(merged), exclude=only)
-        batch = UpdateBatch(merged, pending, any(not p.remote for p in pending))
-        if self._storage is not None and batch.local:
-            self._write_ahead(pending)
-        self._extensions.on_updates(self, batch)
+        acks, self._acks = self._acks, {}
+        last: PendingUpdate | None = None
+        if pending:
+            first = pending[0]
+            merged = first.update if len(pending) == 1 else merge_updates(*(p.update for p in pending))
+            only = first.origin if all(p.origin is first.origin for p in pending) else None
+            self.broadcast(encode_update(merged), exclude=only)
+            batch = UpdateBatch(merged, pending, any(not p.remote for p in pending))
+            if self._storage is not None and batch.local:
+                last = self._write_ahead(pending)
+            self._extensions.on_updates(self, batch)
+        if acks:
+            if last is None:  # nothing of theirs to store (an empty step 2, no storage)
+                self._acknowledge(acks)
+            else:
+                self.awaiting_commit.append((last, acks))
 
-    def _write_ahead(self, pending: list[AppliedUpdate]) -> None:
+    def _write_ahead(self, pending: list[AppliedUpdate]) -> PendingUpdate | None:
+        """One row per author; returns the last row appended (None if the backlog refused)."""
         by_actor: dict[int, list[AppliedUpdate]] = {}
         for p in pending:
             if not p.remote:
                 by_actor.setdefault(id(p.actor), []).append(p)
         assert self._storage is not None
+        last: PendingUpdate | None = None
         for group in by_actor.values():
             info = group[0].actor
             payload = group[0].update if len(group) == 1 else merge_updates(*(p.update for p in group))
-            accepted = self._storage.append(
-                PendingUpdate(
-                    self.id,
-                    payload,
-                    info.user_id if info else None,
-                    info.device_name if info else None,
-                    info.client_version if info else None,
-                )
+            row = PendingUpdate(
+                self.id,
+                payload,
+                info.user_id if info else None,
+                info.device_name if info else None,
+                info.client_version if info else None,
             )
-            if not accepted:  # checked before applying; only a race with a huge update lands here
+            if self._storage.append(row):
+                last = row
+            else:  # checked before applying; only a race with a huge update lands here
+                last = None  # not stored: never acknowledged
                 self.write_refused = True
                 log.error("write-ahead backlog full: an update of room %s is held in memory only", self.id)
+        return last
 
     def _handle_awareness(self, conn: Connection, payload: bytes) -> None:
         change = self.awareness.apply(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 
 import pytest
@@ -12,6 +11,7 @@ from pycrdt import Doc, Text
 
 from collab_server.core import hocuspocus as hp
 from collab_server.core.connection import ClientInfo, Connection
+from collab_server.core.hub import Hub, HubConfig
 from collab_server.core.protocol import (
     CloseCode,
     Kind,
@@ -113,15 +113,21 @@ def test_stateless_round_trips(address: str, payload: str) -> None:
 
 
 class GatedStorage(MemoryStorage):
-    """Commits only when the test opens the gate: stands for a slow group commit."""
+    """Commits only once the test opens the gate: stands for a slow group commit."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.gate = asyncio.Event()
+        self.open = False
 
-    async def flush(self, timeout: float | None = None) -> bool:
-        await self.gate.wait()
-        return await super().flush(timeout)
+    def _commit(self) -> None:
+        if self.open:
+            super()._commit()
+        else:
+            self._scheduled = False
+
+    def release(self) -> None:
+        self.open = True
+        super()._commit()
 
 
 def statuses(peer: MemoryPeer) -> list[bytes]:
@@ -133,20 +139,27 @@ def channel(info: ClientInfo | None = None) -> tuple[hp.HocuspocusConnection, Me
     return hp.HocuspocusConnection(uuid.uuid4().hex, info or ClientInfo(), peer, 1 << 20), peer
 
 
-async def test_edits_are_acknowledged_once_durable_one_status_each() -> None:
+async def test_edits_are_acknowledged_once_committed_one_status_each() -> None:
     storage = GatedStorage()
-    room = Room(storage.create(), storage=storage)
+    hub = Hub(storage, HubConfig(room_grace_seconds=0))
+    await hub.start()
+    document_id = storage.create()
     conn, peer = channel()
-    room.add(conn)
+    room = await hub.join(document_id, conn)
     for word in ("a", "b", "c"):
         room.handle(conn, Message(Kind.SYNC_UPDATE, edit(word)))
-    room.handle(conn, Message(Kind.SYNC_STEP2, b"\x00\x00"))  # an empty step 2 is acknowledged too
+        await turns()  # three flushes, three rows
     await turns(10)
-    assert statuses(peer) == []  # applied and relayed, but not stored yet
-    storage.gate.set()
+    assert statuses(peer) == []  # applied and relayed, but not committed yet
+    room.handle(conn, Message(Kind.SYNC_STEP2, b"\x00\x00"))  # nothing to store: acknowledged at once
+    await eventually(lambda: statuses(peer), lambda s: len(s) == 1, what="the empty step 2 acknowledged")
+    storage.release()
     await eventually(lambda: statuses(peer), lambda s: len(s) == 4, what="four acknowledgements")
     assert set(statuses(peer)) == {hp.encode_sync_status(True)}
-    assert len(storage.stored_updates(room.id)) >= 1
+    assert len(storage.stored_updates(document_id)) == 3
+    assert room.awaiting_commit == []
+    hub.leave(room, conn)
+    await hub.shutdown()
 
 
 async def test_a_viewer_is_refused_per_edit_and_its_empty_sync_accepted() -> None:
