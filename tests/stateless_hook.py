@@ -9,3 +9,9 @@ received: list[StatelessEvent] = []
 
 def record(event: StatelessEvent) -> None:
     received.append(event)
+
+
+def keep_secrets(event: StatelessEvent) -> bool:
+    """Records, and refuses to relay anything starting with "secret"."""
+    received.append(event)
+    return not event.payload.startswith("secret")

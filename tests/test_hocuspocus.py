@@ -271,6 +271,60 @@ async def test_stateless_round_trip_and_hook(make_server) -> None:
         assert (await c.call("stateless"))["received"] == []
 
 
+async def test_a_hook_that_returns_false_keeps_a_message_from_being_relayed(make_server) -> None:
+    stateless_hook.received.clear()
+    server = await make_server(stateless_hook="tests.stateless_hook:keep_secrets")
+    async with await hocuspocus() as hpc:
+        await hpc.socket("s", hp_url(server))
+        a = await hpc.open("a", "s", "vetoed")
+        await hpc.socket("t", hp_url(server))
+        b = await hpc.open("b", "t", "vetoed")
+        await a.call("sendStateless", payload="secret: for the server only")
+        await a.call("sendStateless", payload="public")
+        await b.call("waitStateless", payload="public")
+        assert (await b.call("stateless"))["received"] == ["public"]  # in order: the secret never came
+        assert [e.payload for e in stateless_hook.received] == ["secret: for the server only", "public"]
+
+
+async def test_force_sync_settles(server) -> None:
+    # forceSyncInterval sets unsyncedChanges to 1 and sends a step 1; our step 2 and step 1 in reply
+    # (as Hocuspocus answers) bring the provider's step 2, whose acknowledgement settles it again.
+    async with await hocuspocus() as hpc:
+        await hpc.socket("s", hp_url(server))
+        a = await hpc.open("a", "s", "forced", forceSyncInterval=100)
+        await a.call("waitStatus", status={"resets": 4})  # the initial sync and three forced ones
+        await a.call("waitStatus", status={"unsyncedChanges": 0})
+
+
+async def test_a_quick_reattach_while_authorising_ends_open(server) -> None:
+    async with NodeClients() as yws:
+        watcher = await yws.connect("w", server.ws_base, "reattach")
+        async with websockets.connect(hp_url(server)) as ws:
+            # Attach, detach, attach again: all before the first answer (open mode creates the
+            # document row first, so these arrive while it is being authorised).
+            for frame in (_auth("reattach"), _frame("reattach", encode_sync_step1(b"\x00")),
+                          _frame("reattach", hp.encode_close("detached")),
+                          _auth("reattach"), _frame("reattach", encode_sync_step1(b"\x00"))):
+                await ws.send(frame)
+            edit: Doc[Any] = Doc()
+            edit.get("content", type=Text).insert(0, "after re-attach")
+            await ws.send(_frame("reattach", encode_update(edit.get_update())))
+            await watcher.call("waitText", text="after re-attach")
+            assert await _recv_until(ws, "reattach", hp.MSG_SYNC_STATUS) == b"\x01"
+
+
+async def test_documents_opened_are_charged_to_the_address(make_server) -> None:
+    server = await make_server(rate_connections_per_minute=1, rate_connections_burst=3)
+    async with await hocuspocus() as hpc:
+        await hpc.socket("s", hp_url(server))  # the socket costs one
+        await hpc.open("a", "s", "charged-1")
+        await hpc.open("b", "s", "charged-2")
+        third = await hpc.open("c", "s", "charged-3", wait="denied")
+        assert "too many documents opened from this address" in (await third.call("status"))["denied"]
+        await hpc.client("a").call("insert", index=0, text="others fine")
+        await hpc.client("a").call("waitStatus", status={"unsyncedChanges": 0})
+
+
 async def test_stateless_bounds(make_server) -> None:
     server = await make_server(max_stateless_bytes=100, rate_stateless_per_second=5)
     async with websockets.connect(hp_url(server)) as ws:

@@ -148,8 +148,9 @@ class Bus(Extension):
         if change.relay is not None and isinstance(origin, Connection):
             self.publish(room.id, KIND_AWARENESS, change.relay)
 
-    def on_stateless(self, room: Room, origin: Connection, payload: str) -> None:
+    def on_stateless(self, room: Room, origin: Connection, payload: str) -> bool | None:
         self.publish(room.id, KIND_STATELESS, payload.encode())
+        return None
 
     def _rooms(self) -> list[Room]:
         return self._hub.rooms() if self._hub is not None else []

@@ -38,6 +38,18 @@ class ClientInfo:
         return self.role in {"owner", "admin", "editor"}
 
 
+class SendBudget:
+    """One bound on the bytes queued by several connections over one transport (the documents of
+    a Hocuspocus socket): a client that stops reading holds at most this much, however many
+    documents it has open."""
+
+    __slots__ = ("limit", "queued")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.queued = 0
+
+
 class Connection:
     """Fan-out calls `send`, which never awaits. When the peer can take the frame it is written
     at once, synchronously (no task switch, no per-connection writer task while idle);
@@ -48,14 +60,16 @@ class Connection:
     acknowledges = False  # does the client count edits until the server acknowledges them?
 
     __slots__ = (
-        "_closer", "_counters", "_queue", "_queued_bytes", "_writer", "bytes_in", "bytes_out", "close_code",
+        "_budget", "_closer", "_counters", "_queue", "_queued_bytes", "_writer", "bytes_in", "bytes_out", "close_code",
         "close_reason", "closing", "denied_sent", "id", "info", "messages_in", "opened_at", "peer", "queue_limit",
     )
 
     def __init__(
-        self, id: str, info: ClientInfo, peer: Peer, queue_limit: int, counters: Counters | None = None
+        self, id: str, info: ClientInfo, peer: Peer, queue_limit: int, counters: Counters | None = None,
+        budget: SendBudget | None = None,
     ) -> None:
         self.id = id
+        self._budget = budget
         self.info = info
         self.peer = peer
         self.queue_limit = queue_limit
@@ -79,7 +93,8 @@ class Connection:
         if self._queue is None and self._write_now(frame):
             return
         size = len(frame)
-        if self._queued_bytes + size > self.queue_limit:
+        budget = self._budget
+        if self._queued_bytes + size > self.queue_limit or (budget is not None and budget.queued + size > budget.limit):
             self._counters.inc("collab_send_queue_overflows_total")
             self.close(CloseCode.TRY_AGAIN_LATER, "send queue full: the client is not reading")
             return
@@ -87,6 +102,8 @@ class Connection:
             self._queue = deque()
         self._queue.append(frame)
         self._queued_bytes += size
+        if budget is not None:
+            budget.queued += size
         if self._writer is None or self._writer.done():
             self._writer = asyncio.get_running_loop().create_task(self._drain())
 
@@ -101,9 +118,10 @@ class Connection:
 
     # -- what differs between dialects (y-websocket here; `hocuspocus.HocuspocusConnection`) --
 
-    def edit_refused(self, known: Callable[[], bool] | None) -> None:
-        """A read-only client sent an edit (`known` tells whether it brings nothing new: only
-        for a sync step 2). y-websocket hears why once; its provider has no acknowledgements."""
+    def edit_refused(self, known: Callable[[bool], bool] | None) -> None:
+        """A read-only client sent an edit. For a sync step 2, `known(thorough)` tells whether it
+        brings nothing new (`thorough`: worth copying the document to find out). y-websocket hears
+        why once; its provider has no acknowledgements."""
         if not self.denied_sent:
             self.denied_sent = True
             self.send(encode_permission_denied("read-only: this connection may not edit the document"))
@@ -125,8 +143,7 @@ class Connection:
         self.closing = True
         self.close_code = code
         self.close_reason = reason
-        self._queue = None
-        self._queued_bytes = 0
+        self._drop_queue()
         # The writer may be blocked on a peer that does not read: do not wait for it.
         if self._writer is not None and not self._writer.done():
             self._writer.cancel()
@@ -147,18 +164,27 @@ class Connection:
         with contextlib.suppress(Exception):
             self.peer.abort()
 
+    def _drop_queue(self) -> None:
+        if self._budget is not None:
+            self._budget.queued -= self._queued_bytes
+        self._queue = None
+        self._queued_bytes = 0
+
     async def _drain(self) -> None:
         """Send the backlog in order, then go away (the next frame is written directly again)."""
         try:
             while self._queue and not self.closing:
                 frame = self._queue.popleft()
                 self._queued_bytes -= len(frame)
+                if self._budget is not None:
+                    self._budget.queued -= len(frame)
                 await self.peer.send(frame)
                 self.bytes_out += len(frame)
             self._queue = None
         except Exception as exc:  # the socket went away under us
             log.debug("writer for %s stopped: %s", self.id, exc)
             self.closing = True
+            self._drop_queue()
 
     async def finish(self) -> None:
         """Wait briefly for the backlog and the close frame (after the read loop ended)."""

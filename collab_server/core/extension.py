@@ -77,8 +77,11 @@ class Extension:
 
     def on_updates(self, room: Room, batch: UpdateBatch) -> None: ...
 
-    def on_stateless(self, room: Room, origin: Connection, payload: str) -> None:
-        """A client sent an application message (Hocuspocus' Stateless) for this document."""
+    def on_stateless(self, room: Room, origin: Connection, payload: str) -> bool | None:
+        """A client sent an application message (Hocuspocus' Stateless) for this document. Hooks
+        run in order; one that returns False ends the chain and the message is not relayed (as a
+        rejecting hook does in Hocuspocus). The bus, registered last, relays it to other processes."""
+        return None
 
     def on_committed(self, updates: Sequence[PendingUpdate]) -> None:
         """A group commit made `updates` durable (cross-process relay starts only here)."""
@@ -136,8 +139,15 @@ class Extensions:
     def on_updates(self, room: Room, batch: UpdateBatch) -> None:
         self._fire("on_updates", room, batch)
 
-    def on_stateless(self, room: Room, origin: Connection, payload: str) -> None:
-        self._fire("on_stateless", room, origin, payload)
+    def on_stateless(self, room: Room, origin: Connection, payload: str) -> bool:
+        """True when the message is to be relayed (no hook said False)."""
+        for hook in self._by_hook["on_stateless"]:
+            try:
+                if hook(room, origin, payload) is False:
+                    return False
+            except Exception:
+                log.exception("extension hook %s failed", getattr(hook, "__qualname__", "on_stateless"))
+        return True
 
     def on_committed(self, updates: Sequence[PendingUpdate]) -> None:
         self._fire("on_committed", updates)
@@ -157,19 +167,30 @@ StatelessCallable = Callable[[StatelessEvent], Any]
 
 
 class StatelessHook(Extension):
-    """The application's hook for stateless messages: a plain callable (or a coroutine function,
-    run as a task of its own so a slow one never holds up the room)."""
+    """The application's hook for stateless messages: a plain callable, which may return False to
+    keep the message from being relayed, or a coroutine function, run as a task of its own (at
+    most `max_tasks` at once: past that, events are dropped and counted) so a slow one never
+    holds up the room."""
 
-    def __init__(self, hook: StatelessCallable) -> None:
+    def __init__(self, hook: StatelessCallable, max_tasks: int = 1000) -> None:
         self._hook = hook
+        self._max_tasks = max_tasks
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.dropped = 0
 
-    def on_stateless(self, room: Room, origin: Connection, payload: str) -> None:
+    def on_stateless(self, room: Room, origin: Connection, payload: str) -> bool | None:
+        if len(self._tasks) >= self._max_tasks:
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 1000 == 0:
+                log.warning("stateless hook: %d events dropped (%d still running)", self.dropped, len(self._tasks))
+            return None
         result = self._hook(StatelessEvent(room.id, origin.info.user_id, origin.id, payload))
         if inspect.isawaitable(result):
             task = asyncio.ensure_future(result)
             self._tasks.add(task)
             task.add_done_callback(self._done)
+            return None
+        return result is not False
 
     def _done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)

@@ -185,10 +185,14 @@ class HocuspocusConnection(Connection):
 
     acknowledges = True
 
-    def edit_refused(self, known: Callable[[], bool] | None) -> None:
+    def edit_refused(self, known: Callable[[bool], bool] | None) -> None:
         # A read-only client's sync step 2 that brings nothing new is acknowledged (as Hocuspocus
         # does), so a viewer that edited nothing is not left with a change it cannot get rid of.
-        self.send(encode_sync_status(known is not None and known()))
+        # The thorough check copies the document: once per connection.
+        applied = known is not None and known(not self.denied_sent)
+        if known is not None:
+            self.denied_sent = True
+        self.send(encode_sync_status(applied))
 
     def edits_durable(self, count: int) -> None:
         for _ in range(count):

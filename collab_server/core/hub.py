@@ -229,7 +229,10 @@ class Hub:
         for update in updates:
             room = rooms.get(update.document_id)
             if room is not None and room.awaiting_commit:
-                room.committed(update)
+                try:
+                    room.committed(update)
+                except Exception:  # the relay below must run whatever happens here
+                    log.exception("acknowledging committed edits of %s failed", update.document_id)
         self.extensions.on_committed(updates)
 
     async def flush(self, timeout: float | None = None) -> bool:

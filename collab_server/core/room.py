@@ -62,6 +62,7 @@ class Room:
         self._acks: dict[Connection, int] = {}  # edits to acknowledge at this turn's flush
         # Acknowledgements waiting for a write-ahead row to commit (the last row of their flush).
         self.awaiting_commit: list[tuple[PendingUpdate, dict[Connection, int]]] = []
+        self._markers: set[int] = set()  # ids of the rows in awaiting_commit (one check per committed row)
         self.write_refused = False
 
     # -- loading -------------------------------------------------------------------------
@@ -75,8 +76,10 @@ class Room:
 
     def add(self, conn: Connection) -> None:
         self.connections.add(conn)
-        # What a y-websocket server sends on connect: its step 1, then everyone's awareness.
-        conn.send(encode_sync_step1(self.doc.get_state()))
+        # What a y-websocket server sends on connect: its step 1, then everyone's awareness. (A
+        # Hocuspocus client gets the step 1 in answer to its own, after the step 2.)
+        if not conn.acknowledges:
+            conn.send(encode_sync_step1(self.doc.get_state()))
         states = self.awareness.encode_all()
         if states is not None:
             conn.send(encode_awareness(states))
@@ -112,6 +115,10 @@ class Room:
                     raise
                 raise ProtocolError(CloseCode.INVALID_PAYLOAD, "invalid state vector") from None
             conn.send(encode_sync_step2(diff))
+            if conn.acknowledges:
+                # As Hocuspocus answers: its step 1 follows, and the client's step 2 in reply is
+                # acknowledged, which is what settles the provider's sync (and `forceSync`).
+                conn.send(encode_sync_step1(self.doc.get_state()))
         elif kind is Kind.QUERY_AWARENESS:
             states = self.awareness.encode_all()
             if states is not None:
@@ -120,7 +127,7 @@ class Room:
 
     def _handle_update(self, conn: Connection, update: bytes, as_sent: bool) -> None:
         if not conn.info.can_write:
-            conn.edit_refused(None if as_sent else lambda: self.knows(update))
+            conn.edit_refused(None if as_sent else lambda thorough: self.knows(update, thorough))
             return
         if self._storage is not None and not self._storage.has_room_for(len(update)):
             raise ProtocolError(CloseCode.TRY_AGAIN_LATER, "storage backlog full: edits are paused, reconnect later")
@@ -128,11 +135,14 @@ class Room:
         if conn.acknowledges:
             self._owe_acknowledgement(conn)
 
-    def knows(self, update: bytes) -> bool:
-        """Whether applying `update` would change nothing (tried on a copy: for read-only
-        clients' sync step 2 only, once per connection)."""
+    def knows(self, update: bytes, thorough: bool = True) -> bool:
+        """Whether applying `update` would change nothing: an empty update at once, anything else
+        tried on a copy of the document when `thorough` (for read-only clients' sync step 2; the
+        connection allows it once), else assumed new."""
         if update == _EMPTY_UPDATE:
             return True
+        if not thorough:
+            return False
         copy: Doc[Any] = Doc()
         copy.apply_update(self.doc.get_update())
         try:
@@ -158,13 +168,14 @@ class Room:
     def committed(self, update: PendingUpdate) -> None:
         """The hub saw `update` of this room committed: acknowledge what waited for it (and
         anything queued before it: commits come in append order)."""
+        if id(update) not in self._markers:
+            return
         queue = self.awaiting_commit
-        for i, (marker, _acks) in enumerate(queue):
+        while queue:
+            marker, acks = queue.pop(0)
+            self._markers.discard(id(marker))
+            self._acknowledge(acks)
             if marker is update:
-                done = queue[: i + 1]
-                del queue[: i + 1]
-                for _marker, acks in done:
-                    self._acknowledge(acks)
                 return
 
     def apply_update(
@@ -233,6 +244,7 @@ class Room:
         pending, self._pending = self._pending, []
         acks, self._acks = self._acks, {}
         last: PendingUpdate | None = None
+        refused = False
         if pending:
             first = pending[0]
             merged = first.update if len(pending) == 1 else merge_updates(*(p.update for p in pending))
@@ -240,22 +252,24 @@ class Room:
             self.broadcast(encode_update(merged), exclude=only)
             batch = UpdateBatch(merged, pending, any(not p.remote for p in pending))
             if self._storage is not None and batch.local:
-                last = self._write_ahead(pending)
+                last, refused = self._write_ahead(pending)
             self._extensions.on_updates(self, batch)
-        if acks:
+        if acks and not refused:  # a row the backlog refused is not stored: nobody hears "saved"
             if last is None:  # nothing of theirs to store (an empty step 2, no storage)
                 self._acknowledge(acks)
             else:
                 self.awaiting_commit.append((last, acks))
+                self._markers.add(id(last))
 
-    def _write_ahead(self, pending: list[AppliedUpdate]) -> PendingUpdate | None:
-        """One row per author; returns the last row appended (None if the backlog refused)."""
+    def _write_ahead(self, pending: list[AppliedUpdate]) -> tuple[PendingUpdate | None, bool]:
+        """One row per author; returns the last row appended, and whether the backlog refused one."""
         by_actor: dict[int, list[AppliedUpdate]] = {}
         for p in pending:
             if not p.remote:
                 by_actor.setdefault(id(p.actor), []).append(p)
         assert self._storage is not None
         last: PendingUpdate | None = None
+        refused = False
         for group in by_actor.values():
             info = group[0].actor
             payload = group[0].update if len(group) == 1 else merge_updates(*(p.update for p in group))
@@ -269,10 +283,9 @@ class Room:
             if self._storage.append(row):
                 last = row
             else:  # checked before applying; only a race with a huge update lands here
-                last = None  # not stored: never acknowledged
-                self.write_refused = True
+                refused = self.write_refused = True
                 log.error("write-ahead backlog full: an update of room %s is held in memory only", self.id)
-        return last
+        return last, refused
 
     def _handle_awareness(self, conn: Connection, payload: bytes) -> None:
         change = self.awareness.apply(
@@ -292,10 +305,10 @@ class Room:
             self._extensions.on_awareness(self, conn, change)
 
     def stateless(self, conn: Connection, payload: str) -> None:
-        """An application message from a client: to the extensions (the application's hook, the
-        bus), then to the document's other connections."""
-        self._extensions.on_stateless(self, conn, payload)
-        self.relay_stateless(payload, exclude=conn)
+        """An application message from a client: to the extensions (the application's hook, then
+        the bus), then, unless a hook refused it, to the document's other connections."""
+        if self._extensions.on_stateless(self, conn, payload):
+            self.relay_stateless(payload, exclude=conn)
 
     def relay_stateless(self, payload: str, exclude: Connection | None = None) -> None:
         """Deliver a stateless message here (from a client, or another process through the bus)."""

@@ -27,7 +27,7 @@ from collab_server.access.auth import token_from
 from collab_server.access.limits import TokenBucket
 from collab_server.context import AppContext
 from collab_server.core import hocuspocus as hp
-from collab_server.core.connection import Connection
+from collab_server.core.connection import Connection, SendBudget
 from collab_server.core.hocuspocus import HocuspocusConnection
 from collab_server.core.hub import RoomUnavailable
 from collab_server.core.protocol import CloseCode, Kind, ProtocolError
@@ -125,6 +125,7 @@ class Session:
         socket_conn: Connection,
         upgrade: Upgrade,
         users: UserSockets,
+        budget: SendBudget,
         reject: Callable[[int, str, str], None],
         finished: Finished,
     ) -> None:
@@ -133,6 +134,7 @@ class Session:
         self.socket_conn = socket_conn
         self._upgrade = upgrade
         self._users = users
+        self.budget = budget  # shared by the socket's documents: one bound however many are open
         self._reject = reject
         self._finished = finished
         settings = ctx.settings
@@ -154,7 +156,9 @@ class Session:
 
     def receive(self, data: bytes) -> None:
         """One frame from the socket; ProtocolError closes the socket (the caller's business)."""
-        frame = hp.decode_frame(data)
+        self._route(hp.decode_frame(data), len(data))
+
+    def _route(self, frame: hp.Frame, size: int) -> None:
         kind = frame.kind
         if kind is hp.Kind.PING:
             self.socket_conn.send(hp.PONG)
@@ -166,9 +170,8 @@ class Session:
             self._dispatch(channel, frame)
             return
         waiting = self._waiting.get(frame.address)
-        if waiting is not None:
-            if kind is not hp.Kind.AUTH:
-                self._queue(waiting, frame, len(data))
+        if waiting is not None:  # everything waits, a Close and a new Auth too (a quick re-attach)
+            self._queue(waiting, frame, size)
             return
         if kind is hp.Kind.AUTH:
             self._start(frame)
@@ -182,11 +185,11 @@ class Session:
             raise ProtocolError(CloseCode.POLICY_VIOLATION, "too much sent for documents not yet authorised")
         waiting.append((frame, size))
 
-    def _take_waiting(self, address: str) -> list[hp.Frame]:
+    def _take_waiting(self, address: str) -> list[tuple[hp.Frame, int]]:
         queued = self._waiting.pop(address, [])
         self._waiting_messages -= len(queued)
         self._waiting_bytes -= sum(size for _frame, size in queued)
-        return [frame for frame, _size in queued]
+        return queued
 
     def _dispatch(self, channel: Channel, frame: hp.Frame) -> None:
         conn, room = channel.conn, channel.room
@@ -220,6 +223,11 @@ class Session:
         address = frame.address
         if len(self.channels) + len(self._waiting) >= self._max_documents:
             self._deny(address, f"too many documents on this connection (limit {self._max_documents})")
+            return
+        # Each document opened costs what a connection costs (a token check, a room): it is
+        # charged to the client's address like one.
+        if not self.ctx.address_limiter.allow(self.socket.address):
+            self._deny(address, "too many documents opened from this address; slow down")
             return
         self._waiting[address] = []
         task = asyncio.get_running_loop().create_task(self._open(frame), name=f"hocuspocus-open-{address[:40]}")
@@ -258,29 +266,39 @@ class Session:
                 return
             self._user_ids.add(user_id)
         channel = Channel(self, address)
-        conn = HocuspocusConnection(uuid.uuid4().hex, info, channel, ctx.settings.send_queue_bytes, ctx.counters)
+        conn = HocuspocusConnection(uuid.uuid4().hex, info, channel, ctx.settings.send_queue_bytes, ctx.counters,
+                                    budget=self.budget)
         channel.conn = conn
         conn.send(hp.encode_authenticated(read_only=not info.can_write))
         try:
             room = await ctx.hub.join(document_id, conn)
         except RoomUnavailable as exc:
-            self._refuse(address, exc.reason)
+            self._refuse(address, exc.reason, conn)  # after Authenticated, on the same queue
             return
         if self.ended or conn.closing:
             ctx.hub.leave(room, conn)
+            self._take_waiting(address)
             return
         channel.room = room
         self.channels[address] = channel
-        for frame in self._take_waiting(address):
-            self._dispatch(channel, frame)
+        for frame, size in self._take_waiting(address):
+            self._route(frame, size)  # a queued Close detaches, a queued Auth after it opens again
 
-    def _refuse(self, address: str, reason: str) -> None:
-        self._take_waiting(address)
-        self._deny(address, reason)
+    def _refuse(self, address: str, reason: str, conn: Connection | None = None) -> None:
+        queued = self._take_waiting(address)
+        self._deny(address, reason, conn)
+        for i, (frame, _size) in enumerate(queued):  # the provider tried again meanwhile
+            if frame.kind is hp.Kind.AUTH:
+                for again, size in queued[i:]:
+                    self._route(again, size)
+                return
 
-    def _deny(self, address: str, reason: str) -> None:
+    def _deny(self, address: str, reason: str, conn: Connection | None = None) -> None:
         self.ctx.counters.inc_label("collab_hocuspocus_denied_total", "reason", reason.split(":")[0][:40])
-        self.socket_conn.send(hp.address_prefix(address) + hp.encode_permission_denied(reason))
+        if conn is not None:  # the document's own queue (its peer puts the address in front)
+            conn.send(hp.encode_permission_denied(reason))
+        else:
+            self.socket_conn.send(hp.address_prefix(address) + hp.encode_permission_denied(reason))
 
     # -- closing --
 

@@ -33,7 +33,7 @@ from websockets.server import ServerProtocol
 
 from collab_server.access.limits import TokenBucket
 from collab_server.context import AppContext
-from collab_server.core.connection import ClientInfo, Connection
+from collab_server.core.connection import ClientInfo, Connection, SendBudget
 from collab_server.core.hub import RoomUnavailable
 from collab_server.core.protocol import CloseCode, Kind, ProtocolError, decode
 from collab_server.core.room import Room
@@ -319,10 +319,11 @@ class WebSocketProtocol(asyncio.Protocol):
         self._ws.send_response(response)
         self._send_pending()
         # The socket's own connection: in no room; closing it closes the socket and every document.
+        budget = SendBudget(ctx.settings.send_queue_bytes)
         self.conn = Connection(uuid.uuid4().hex, ClientInfo(address=self._address), self,
-                               ctx.settings.send_queue_bytes, ctx.counters)
+                               ctx.settings.send_queue_bytes, ctx.counters, budget=budget)
         self.session = hocuspocus.Session(
-            ctx, self, self.conn, upgrade, self._sockets.users,
+            ctx, self, self.conn, upgrade, self._sockets.users, budget,
             lambda code, reason, label: self._reject(self.conn, code, reason, label) if self.conn else None,
             self._finished,
         )

@@ -44,7 +44,8 @@ const statusOf = (c) => ({
   denied: c.denied,
   unsyncedChanges: c.provider.unsyncedChanges,
   closes: c.closes,
-  stateless: c.stateless.length
+  stateless: c.stateless.length,
+  resets: c.unsyncedEvents.filter((n) => n === 1).length // startSync / forceSync set the count to 1
 })
 
 const awarenessStates = (c) => {
@@ -95,13 +96,14 @@ const commands = {
     const lib = LIBS[s.version]
     if (clients.has(args.client)) throw new CommandError(`client ${args.client} exists`)
     const doc = new Y.Doc()
-    const c = { name: args.client, doc, scope: null, denied: null, closes: [], stateless: [], waiters: new Set() }
+    const c = { name: args.client, doc, scope: null, denied: null, closes: [], stateless: [], unsyncedEvents: [], waiters: new Set() }
     const provider = new lib.HocuspocusProvider({
       websocketProvider: s.ws,
       name: args.name,
       document: doc,
       token: args.token ?? null,
-      sessionAwareness: !!args.sessionAwareness
+      sessionAwareness: !!args.sessionAwareness,
+      forceSyncInterval: typeof args.forceSyncInterval === 'number' ? args.forceSyncInterval : false
     })
     c.provider = provider
     clients.set(c.name, c)
@@ -109,7 +111,7 @@ const commands = {
     provider.on('authenticated', ({ scope }) => { c.scope = scope; wake(c) })
     provider.on('authenticationFailed', ({ reason }) => { c.denied = reason; write({ event: 'denied', client: c.name, reason }); wake(c) })
     provider.on('synced', () => wake(c))
-    provider.on('unsyncedChanges', () => wake(c))
+    provider.on('unsyncedChanges', ({ number }) => { c.unsyncedEvents.push(number); wake(c) })
     provider.on('stateless', ({ payload }) => { c.stateless.push(payload); wake(c) })
     provider.on('close', ({ event }) => { c.closes.push({ code: event?.code ?? 0, reason: String(event?.reason ?? '') }); wake(c) })
     provider.awareness.on('change', () => wake(c))
