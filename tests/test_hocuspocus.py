@@ -110,6 +110,23 @@ async def test_twenty_documents_over_one_socket(server) -> None:
         await hpc.client("b1").call("waitText", text="still doc 1")
 
 
+async def test_session_aware_providers_share_a_document_on_one_socket(server) -> None:
+    # 4.x `sessionAwareness`: two providers of one document on one socket, told apart by the
+    # `name\0session` address; each is a connection of its own in the same room.
+    async with await hocuspocus() as hpc:
+        await hpc.socket("s", hp_url(server))
+        a = await hpc.open("a", "s", "sessions", sessionAwareness=True, awareness={"user": "a"})
+        b = await hpc.open("b", "s", "sessions", sessionAwareness=True, awareness={"user": "b"})
+        await a.call("insert", index=0, text="one socket, two sessions")
+        await b.call("waitText", text="one socket, two sessions")
+        await b.call("waitAwareness", match={"user": "a"})
+        await a.call("waitStatus", status={"unsyncedChanges": 0})
+        assert len(server.ctx.hub.get(open_document_id("sessions")).connections) == 2
+        await b.call("destroy")
+        await eventually(lambda: len(server.ctx.hub.get(open_document_id("sessions")).connections),
+                         lambda n: n == 1, what="one session left")
+
+
 async def test_unsynced_changes_reach_zero_only_once_stored(server, db) -> None:
     async with await hocuspocus() as hpc:
         await hpc.socket("s", hp_url(server))
