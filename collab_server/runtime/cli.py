@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import sys
 from collections.abc import Callable, Coroutine
@@ -21,6 +22,7 @@ from .embedded import EmbeddedError
 from .server import PortInUse
 
 T = TypeVar("T")
+log = logging.getLogger("collab.cli")
 EXIT_SETUP = 2
 
 
@@ -81,13 +83,14 @@ def serve(host: str | None, port: int | None, demo: bool, workers: int) -> None:
     sock = _guard(lambda: bind(settings.host, settings.port))
     services = _guard(lambda: start_services(settings))
     try:
-        for note in services.notes:
-            click.echo(f"collab-server: {note}", err=True)
+        for note in services.notes:  # log lines, JSON like every other (setup failures stay one plain line)
+            log.info(note, extra={"event": "startup"})
         if demo:
             info = _guard(lambda: _run(lambda: _demo(settings, services.database_url)))
             _print_demo(info, settings, as_json=False)
         _guard(lambda: _run(lambda: _check_database(services.database_url)))
-        click.echo(f"collab-server: listening on http://{settings.host}:{settings.port}", err=True)
+        log.info("listening on http://%s:%d", settings.host, settings.port,
+                 extra={"event": "listening", "url": f"http://{settings.host}:{settings.port}"})
         if workers > 1:
             if settings.bus != "on":
                 _fail("--workers needs COLLAB_BUS=on: workers share documents through Redis")

