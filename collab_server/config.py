@@ -138,6 +138,9 @@ class Settings:
     max_awareness_bytes: int = field(
         default=64 * 1024, metadata=_env("COLLAB_MAX_AWARENESS_BYTES", _parse_positive_int)
     )
+    max_awareness_clients: int = field(
+        default=32, metadata=_env("COLLAB_MAX_AWARENESS_CLIENTS", _parse_positive_int)
+    )
 
     # The Hocuspocus route (/hocuspocus): many documents on one socket.
     hocuspocus_max_documents: int = field(

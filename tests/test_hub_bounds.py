@@ -300,6 +300,21 @@ async def test_awareness_entry_with_invalid_json_is_dropped_not_relayed(server) 
         assert set(room_of(server, "aw-json").awareness.states()) <= {1111}
 
 
+async def test_too_many_awareness_client_ids_close_the_sender_and_leave_no_trace(make_server) -> None:
+    server = await make_server(max_awareness_clients=8)
+    async with peers(server, "aw-many") as p:
+        async with websockets.connect(server.ws_url("aw-many"), max_size=None, compression=None) as ws:
+            await ws.send(encode_awareness(encode_entries([(5000 + i, 1, b'{"u":1}') for i in range(8)])))
+            await p.reader.wait_for(lambda: 5007 in p.reader.remote_awareness)
+            await ws.send(encode_awareness(encode_entries([(6000 + i, 1, b'{"u":1}') for i in range(200)])))
+            await asyncio.wait_for(ws.wait_closed(), 5)
+            assert ws.close_code == 1008 and "more than 8 awareness client IDs" in ws.close_reason
+        # Its clients are gone for the others, and the room holds none of them.
+        await p.reader.wait_for(lambda: not any(c >= 5000 for c in p.reader.remote_awareness))
+        assert not any(c >= 5000 for c in room_of(server, "aw-many").awareness.states())
+        await assert_room_unharmed(server, p, "[after-awareness-flood]")
+
+
 async def test_metrics_count_rejected_frames_by_reason(server) -> None:
     before = (await server.get("/metrics")).text
     async with peers(server, "metrics") as p:

@@ -58,17 +58,37 @@ def encode_entries(entries: list[tuple[int, int, bytes]]) -> bytes:
 
 
 class RoomAwareness:
-    def __init__(self) -> None:
+    """Entries of clients that left stay as tombstones (their clock orders late updates, as in
+    y-protocols), at most `max_tombstones` of them: the oldest go first. A connection may announce
+    at most `max_per_owner` client IDs (a provider has one per document); more closes it (1008)."""
+
+    def __init__(self, max_per_owner: int = 32, max_tombstones: int = 10_000) -> None:
         self._entries: dict[int, Entry] = {}
+        self._counts: dict[int, int] = {}  # id(owner) -> live entries it owns
+        self._tombstones = 0
+        self.max_per_owner = max_per_owner
+        self.max_tombstones = max_tombstones
 
     def __len__(self) -> int:
         return sum(1 for e in self._entries.values() if e.owner is not None)
 
+    def _own(self, owner: object | None, delta: int) -> None:
+        if owner is None:
+            self._tombstones += delta
+            return
+        key = id(owner)
+        count = self._counts.get(key, 0) + delta
+        if count > 0:
+            self._counts[key] = count
+        else:
+            self._counts.pop(key, None)
+
     def apply(
-        self, update: bytes, owner: object, may_take_over: Callable[[object], bool]
+        self, update: bytes, owner: object, may_take_over: Callable[[object], bool], limited: bool = True
     ) -> AwarenessChange:
         """Apply an update sent by `owner`. `may_take_over(current_owner)` lets a reconnecting
-        client claim its client ID from a connection not yet known to be dead (same user)."""
+        client claim its client ID from a connection not yet known to be dead (same user).
+        `limited`: hold `owner` to `max_per_owner` (not another process, which speaks for many)."""
         entries = decode_entries(update)
         accepted: list[tuple[int, int, bytes]] = []
         states: dict[int, Any] = {}
@@ -91,13 +111,35 @@ class RoomAwareness:
                 except orjson.JSONDecodeError:
                     dropped += 1
                     continue
-            self._entries[client_id] = Entry(clock, state, None if is_null else owner, parsed)
+            new_owner = None if is_null else owner
+            if (
+                limited and new_owner is not None and (current is None or current.owner is not owner)
+                and self._counts.get(id(owner), 0) >= self.max_per_owner
+            ):
+                raise ProtocolError(
+                    CloseCode.POLICY_VIOLATION,
+                    f"more than {self.max_per_owner} awareness client IDs on one connection",
+                )
+            if current is not None:
+                self._own(current.owner, -1)
+            self._own(new_owner, 1)
+            self._entries[client_id] = Entry(clock, state, new_owner, parsed)
             accepted.append((client_id, clock, state))
             states[client_id] = parsed
+        self._prune()
         if not accepted:
             return AwarenessChange(None, states, dropped)
         relay = update if len(accepted) == len(entries) else encode_entries(accepted)
         return AwarenessChange(relay, states, dropped)
+
+    def _prune(self) -> None:
+        """Forget the oldest tombstones past the bound (a dict keeps insertion order)."""
+        excess = self._tombstones - self.max_tombstones
+        if excess <= 0:
+            return
+        for client_id in [cid for cid, e in self._entries.items() if e.owner is None][:excess]:
+            del self._entries[client_id]
+        self._tombstones -= excess
 
     def encode_all(self, owned: Callable[[object], bool] | None = None) -> bytes | None:
         """Everyone's current state (or those whose owner passes `owned`), for a late joiner,
@@ -119,6 +161,9 @@ class RoomAwareness:
                 e.state = _NULL
                 e.parsed = None
                 removed.append((client_id, e.clock, _NULL))
+        self._counts.pop(id(owner), None)
+        self._tombstones += len(removed)
+        self._prune()
         return encode_entries(removed) if removed else None
 
     def owned_by(self, owner: object) -> dict[int, Any]:

@@ -43,6 +43,7 @@ class HubConfig:
     max_rooms: int = 10_000
     room_grace_seconds: float = 5.0
     shutdown_timeout: float = 10.0
+    max_awareness_clients: int = 32  # client IDs one connection may announce
     compaction: CompactionConfig = field(default_factory=CompactionConfig)
 
 
@@ -152,7 +153,8 @@ class Hub:
             loaded = await self.storage.load(document_id)
             if loaded is None:
                 raise RoomUnavailable(CloseCode.NOT_FOUND, "document not found")
-            room = Room(document_id, loaded.workspace_id, loaded.type, self.storage, self.extensions, self.counters)
+            room = Room(document_id, loaded.workspace_id, loaded.type, self.storage, self.extensions, self.counters,
+                        self.config.max_awareness_clients)
             room.load_state(loaded.state)
             self._policy.track(document_id, loaded.pending)
             self._rooms[document_id] = room

@@ -48,12 +48,13 @@ class Room:
         storage: Storage | None = None,
         extensions: Extensions | None = None,
         counters: Counters | None = None,
+        max_awareness_clients: int = 32,
     ) -> None:
         self.id = document_id
         self.workspace_id = workspace_id
         self.type = doc_type
         self.doc: Doc[Any] = Doc()
-        self.awareness = RoomAwareness()
+        self.awareness = RoomAwareness(max_per_owner=max_awareness_clients)
         self.connections: set[Connection] = set()
         self._storage = storage
         self._extensions = extensions if extensions is not None else _NO_EXTENSIONS
@@ -225,7 +226,7 @@ class Room:
 
     def apply_remote_awareness(self, payload: bytes, owner: object) -> None:
         """Awareness relayed by another process, recorded under `owner` (which stands for it)."""
-        change = self.awareness.apply(payload, owner, may_take_over=lambda _other: True)
+        change = self.awareness.apply(payload, owner, may_take_over=lambda _other: True, limited=False)
         if change.relay is not None:
             self.broadcast(encode_awareness(change.relay))
             self._extensions.on_awareness(self, owner, change)

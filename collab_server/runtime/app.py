@@ -48,6 +48,7 @@ def hub_config(settings: Settings) -> HubConfig:
         max_rooms=settings.max_rooms,
         room_grace_seconds=settings.room_grace_seconds,
         shutdown_timeout=settings.shutdown_timeout,
+        max_awareness_clients=settings.max_awareness_clients,
         compaction=CompactionConfig(
             max_updates=settings.compact_max_updates,
             max_bytes=settings.compact_max_bytes,
