@@ -125,6 +125,13 @@ class Settings:
     send_queue_bytes: int = field(
         default=16 * 1024 * 1024, metadata=_env("COLLAB_SEND_QUEUE_BYTES", _parse_positive_int)
     )
+    # HTTP (and the WebSocket upgrade request): past these, 431 / 408 and the connection is closed.
+    max_header_bytes: int = field(
+        default=64 * 1024, metadata=_env("COLLAB_MAX_HEADER_BYTES", _parse_positive_int)
+    )
+    header_timeout_seconds: float = field(
+        default=10.0, metadata=_env("COLLAB_HEADER_TIMEOUT_SECONDS", _parse_non_negative_float)
+    )
     max_rooms: int = field(default=10_000, metadata=_env("COLLAB_MAX_ROOMS", _parse_positive_int))
     max_connections: int = field(
         default=20_000, metadata=_env("COLLAB_MAX_CONNECTIONS", _parse_positive_int)

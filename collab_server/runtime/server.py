@@ -17,6 +17,7 @@ from collab_server.config import Settings
 from collab_server.transport.websocket import WebSocketProtocol
 
 from .app import create_app
+from .http import bounded_http
 
 
 class PortInUse(RuntimeError):
@@ -66,7 +67,7 @@ def uvicorn_config(app: Starlette, settings: Settings) -> uvicorn.Config:
     return uvicorn.Config(
         app,
         loop="uvloop",
-        http="httptools",
+        http=bounded_http(settings.max_header_bytes, settings.header_timeout_seconds or 1e9),
         # uvicorn hands every upgrade request to this class (its `ws` option takes a protocol class);
         # frame size, keepalive and compression (none) are the class's business, from our settings.
         ws=WebSocketProtocol,
