@@ -264,6 +264,21 @@ async def test_open_mode_has_no_per_user_socket_cap(make_server) -> None:
             await hpc.open(f"c{i}", f"s{i}", "open-doc")
 
 
+async def test_a_document_at_its_size_limit_closes_only_that_document(make_server) -> None:
+    server = await make_server(max_document_bytes=20_000)
+    async with await hocuspocus() as hpc:
+        await hpc.socket("s", hp_url(server))
+        big = await hpc.open("big", "s", "size-capped")
+        small = await hpc.open("small", "s", "size-fine")
+        await big.call("insert", index=0, text="z" * 30_000)
+        closed = await big.call("waitClosed")
+        assert "size limit (20000 bytes)" in closed["closes"][0]["reason"]
+        await small.call("insert", index=0, text="still fine")
+        await small.call("waitStatus", status={"unsyncedChanges": 0})
+        assert (await hpc.call("socketStatus", socket="s"))["closes"] == []
+        assert room_text(server, open_document_id("size-capped")) == ""
+
+
 # -- stateless --------------------------------------------------------------------------------
 
 

@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
 import orjson
 import psutil
 import pytest
@@ -313,6 +314,25 @@ async def test_too_many_awareness_client_ids_close_the_sender_and_leave_no_trace
         await p.reader.wait_for(lambda: not any(c >= 5000 for c in p.reader.remote_awareness))
         assert not any(c >= 5000 for c in room_of(server, "aw-many").awareness.states())
         await assert_room_unharmed(server, p, "[after-awareness-flood]")
+
+
+async def test_a_document_at_its_size_limit_refuses_edits_with_4413_and_413(make_server) -> None:
+    server = await make_server(max_document_bytes=20_000)
+    async with peers(server, "size-cap") as p:
+        big = YClient(server.ws_url("size-cap"))
+        await big.connect()
+        big.doc.get("content", type=Text).insert(0, "z" * 30_000)
+        await asyncio.wait_for(big.closed.wait(), 5)
+        assert big.close_code == 4413 and "size limit (20000 bytes)" in (big.close_reason or "")
+        await assert_room_unharmed(server, p, "[size-cap]")
+        async with httpx.AsyncClient(base_url=server.http) as http:
+            response = await http.post(
+                "/api/documents/size-cap/updates", content=foreign_update("y" * 30_000),
+                headers={"Content-Type": "application/octet-stream"},
+            )
+        assert response.status_code == 413, response.text
+        assert "size limit" in response.json()["error"]["message"]
+        assert server_text(server, "size-cap").startswith(INITIAL)
 
 
 async def test_metrics_count_rejected_frames_by_reason(server) -> None:

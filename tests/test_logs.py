@@ -52,3 +52,25 @@ def test_extra_fields_and_tracebacks_are_redacted_too() -> None:
     assert parsed["path"] == '/ws/doc?token=***"'
     assert parsed["nested"] == {"query": "token=***", "list": ["token=***"]}
     assert "token=***" in str(parsed["exc"])
+
+
+def test_what_the_interpreter_would_print_itself_is_a_json_line_too() -> None:
+    import subprocess
+    import sys
+
+    script = (
+        "import threading\n"
+        "from collab_server.runtime import logs\n"
+        "logs.setup('info')\n"
+        "class Bad:\n"
+        "    def __del__(self):\n"
+        "        raise OSError(9, 'Bad file descriptor')\n"
+        "Bad()\n"
+        "t = threading.Thread(target=lambda: 1 / 0, name='worker')\n"
+        "t.start(); t.join()\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 2, result.stderr
+    entries = [orjson.loads(ln) for ln in lines]  # each one JSON
+    assert "Bad file descriptor" in entries[0]["exc"] and "ZeroDivisionError" in entries[1]["exc"]

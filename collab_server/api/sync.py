@@ -120,7 +120,7 @@ endpoints = [
              query=(_SV,), produces="binary", errors=(304,)),
     Endpoint("GET", f"{_DOC}/state-vector", get_state_vector, "The Yjs state vector", "sync", produces="binary"),
     Endpoint("POST", f"{_DOC}/updates", post_update, "Apply a Yjs update (relayed, written ahead)", "sync",
-             body="binary", errors=(403,)),
+             body="binary", errors=(403, 413)),
     Endpoint("GET", f"{_DOC}/content", get_content, "The document as Markdown", "sync", produces="markdown",
              errors=(304,)),
     Endpoint("PUT", f"{_DOC}/content", put_content, "Replace the content with Markdown (a minimal edit)", "sync",

@@ -44,6 +44,7 @@ class HubConfig:
     room_grace_seconds: float = 5.0
     shutdown_timeout: float = 10.0
     max_awareness_clients: int = 32  # client IDs one connection may announce
+    max_document_bytes: int = 0  # a document's size limit (0: none)
     compaction: CompactionConfig = field(default_factory=CompactionConfig)
 
 
@@ -154,7 +155,7 @@ class Hub:
             if loaded is None:
                 raise RoomUnavailable(CloseCode.NOT_FOUND, "document not found")
             room = Room(document_id, loaded.workspace_id, loaded.type, self.storage, self.extensions, self.counters,
-                        self.config.max_awareness_clients)
+                        self.config.max_awareness_clients, self.config.max_document_bytes)
             room.load_state(loaded.state)
             self._policy.track(document_id, loaded.pending)
             self._rooms[document_id] = room

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 from uuid import UUID
 
@@ -37,6 +38,7 @@ log = logging.getLogger("collab.room")
 
 _NO_EXTENSIONS = Extensions()
 _EMPTY_UPDATE = b"\x00\x00"  # no structs, no deletions
+SIZE_RECHECK = 5.0  # seconds between exact measurements of a document at its size limit
 
 
 class Room:
@@ -49,6 +51,7 @@ class Room:
         extensions: Extensions | None = None,
         counters: Counters | None = None,
         max_awareness_clients: int = 32,
+        max_bytes: int = 0,
     ) -> None:
         self.id = document_id
         self.workspace_id = workspace_id
@@ -65,6 +68,11 @@ class Room:
         self.awaiting_commit: list[tuple[PendingUpdate, dict[Connection, int]]] = []
         self._markers: set[int] = set()  # ids of the rows in awaiting_commit (one check per committed row)
         self.write_refused = False
+        # The document's size: estimated (stored state + every update applied since), measured
+        # exactly only near `max_bytes` (0: no limit), and at most every SIZE_RECHECK seconds.
+        self.max_bytes = max_bytes
+        self.size = 0
+        self._measured_at = -SIZE_RECHECK
 
     # -- loading -------------------------------------------------------------------------
 
@@ -72,6 +80,7 @@ class Room:
         """Apply the stored state without relaying or re-storing it."""
         if state:
             self.doc.apply_update(state)
+        self.size = len(state)
 
     # -- connections ---------------------------------------------------------------------
 
@@ -190,6 +199,8 @@ class Room:
         changed here is kept (what a Doc observer reports), once per connection."""
         if update == _EMPTY_UPDATE:
             return
+        if self.max_bytes:
+            self._admit(len(update))
         try:
             if as_sent:
                 self.doc.apply_update(update)
@@ -207,6 +218,20 @@ class Room:
         for change in changes:
             self._collect(AppliedUpdate(change, origin, who, False))
 
+    def _admit(self, size: int) -> None:
+        """Refuse an edit that would take the document past its size limit (4413 / HTTP 413)."""
+        if self.size + size > self.max_bytes:
+            now = time.monotonic()
+            if now - self._measured_at >= SIZE_RECHECK:  # deletions, merges: the estimate runs high
+                self._measured_at = now
+                self.size = len(self.doc.get_update())
+            if self.size + size > self.max_bytes:
+                raise ProtocolError(
+                    CloseCode.DOCUMENT_TOO_LARGE,
+                    f"the document is at its size limit ({self.max_bytes} bytes): edits are refused",
+                )
+        self.size += size
+
     def _apply_observed(self, update: bytes, doc: Doc[Any] | None = None) -> list[bytes]:
         doc = self.doc if doc is None else doc
         changes: list[bytes] = []
@@ -222,6 +247,7 @@ class Room:
         the part that is new here to local clients, but do not store it again. Only the new part:
         a repair applies a whole stored state, which local clients mostly have."""
         for change in self._apply_observed(update):
+            self.size += len(change)  # stored elsewhere already: counted, never refused
             self._collect(AppliedUpdate(change, None, None, True))
 
     def apply_remote_awareness(self, payload: bytes, owner: object) -> None:

