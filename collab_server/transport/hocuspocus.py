@@ -210,8 +210,6 @@ class Session:
                     raise
                 conn.close(exc.code, exc.reason)  # about this document only: its Close, the socket stays
         elif kind is hp.Kind.STATELESS:
-            if len(frame.text) > self._max_stateless:  # characters: at most 4 bytes each, checked again below
-                raise ProtocolError(CloseCode.MESSAGE_TOO_BIG, "stateless message too large")
             if len(frame.text.encode()) > self._max_stateless:
                 raise ProtocolError(CloseCode.MESSAGE_TOO_BIG, "stateless message too large")
             if self._stateless_bucket is not None and not self._stateless_bucket.take():
