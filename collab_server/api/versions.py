@@ -53,6 +53,9 @@ async def snapshot(request: Request, access: DocumentAccess, description: str | 
             """,
             access.document_id, content, description, {"source": "api"}, access.user_id, state.update,
         )
+        if row is not None:
+            # A named version restarts the autosave interval, as compaction's own versions do.
+            await conn.execute("UPDATE documents SET last_version_at = now() WHERE id = $1", access.document_id)
     if row is None:
         raise ApiError(404, "document not found")
     return dict(row)

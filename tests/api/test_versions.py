@@ -9,7 +9,7 @@ from collab_server.api import live
 from collab_server.client import YClient
 from collab_server.content import read_markdown
 
-from .conftest import World
+from .conftest import World, eventually
 
 
 def text(client: YClient) -> str:
@@ -66,6 +66,25 @@ async def test_snapshot_list_read_and_restore_with_live_editors(world: World) ->
     finally:
         await editor.close()
         await reader.close()
+
+
+async def test_a_named_version_restarts_the_autosave_interval(world: World) -> None:
+    """The demo document never had a version: without the named one, the next compaction would
+    autosave one more (and did, between two listings of the test above)."""
+    path = f"/api/documents/{world.doc()}"
+    assert (await world.api().post(f"{path}/versions", json={"change_description": "named"})).status_code == 201
+    before = (await world.api().get(path)).json()["content_hash"]
+    editor = await YClient(world.ws_url("editor")).connect()
+    try:
+        editor.doc.get("content", type=Text).insert(0, "compacted later\n")
+        await eventually(
+            lambda: world.api().get(path), lambda r: r.json()["content_hash"] != before,
+            what="the edit compacted into the stored content",
+        )
+    finally:
+        await editor.close()
+    listed = (await world.api().get(f"{path}/versions")).json()["versions"]
+    assert [v["change_description"] for v in listed] == ["named"]
 
 
 @pytest.mark.parametrize(("old", "new"), [
