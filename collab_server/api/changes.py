@@ -34,7 +34,7 @@ from starlette.responses import Response
 from .access import authorize_workspace, context, user_transaction
 from .errors import ApiError
 from .openapi import Endpoint
-from .payload import JSONOut, Param, limit_param
+from .payload import JSONOut, Param, limit_param, query_param
 
 log = logging.getLogger("collab.api.changes")
 
@@ -159,7 +159,7 @@ async def get_changes(request: Request) -> Response:
     """Entries after `since`, oldest first, with the position to ask from next time."""
     ctx = context(request)
     access = await authorize_workspace(request)
-    txid, cursor = parse_position(request.query_params.get("since"))
+    txid, cursor = parse_position(query_param(request, "since"))
     limit = _LIMIT.read(request)
     wait = min(float(_WAIT.read(request)), MAX_WAIT)
 

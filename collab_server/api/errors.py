@@ -40,11 +40,12 @@ async def error_response(request: Request, exc: Exception) -> Response:
 
 
 async def unexpected_error(request: Request, exc: Exception) -> Response:
-    """Last resort (Starlette re-raises afterwards, so the traceback is still logged)."""
+    """Last resort (Starlette re-raises afterwards, so the traceback is still logged). The server
+    then drops the keep-alive connection, so the response says so (`Connection: close`)."""
     if isinstance(exc, UNAVAILABLE_ERRORS):
         return JSONResponse(error_body(503, "the database is unavailable; retry shortly"), status_code=503,
-                            headers={"Retry-After": "2"})
-    return JSONResponse(error_body(500, "internal error"), status_code=500)
+                            headers={"Retry-After": "2", "Connection": "close"})
+    return JSONResponse(error_body(500, "internal error"), status_code=500, headers={"Connection": "close"})
 
 
 Handler = Callable[[Request, Exception], Awaitable[Response]]

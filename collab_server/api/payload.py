@@ -17,6 +17,8 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from collab_server.content.sanitize import storable_text
+
 from .errors import ApiError
 
 JSON_BODY_LIMIT = 1024 * 1024  # or the message limit, when that is lower
@@ -67,6 +69,18 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 # -- JSON bodies -------------------------------------------------------------------------------
+
+
+def storable(value: Any) -> Any:
+    """Every string of a JSON value (keys too) as PostgreSQL can store it: text and jsonb refuse
+    NUL, so it becomes U+FFFD here, once, at the boundary (see content.sanitize)."""
+    if isinstance(value, str):
+        return storable_text(value)
+    if isinstance(value, dict):
+        return {storable_text(k): storable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [storable(v) for v in value]
+    return value
 
 
 def _uuid(value: Any) -> UUID:
@@ -197,10 +211,16 @@ async def read_json(request: Request, schema: Schema, optional: bool = False) ->
         body = orjson.loads(raw) if raw else {}
     except orjson.JSONDecodeError:
         raise ApiError(400, "the body is not valid JSON") from None
-    return schema.validate(body)
+    return schema.validate(storable(body) if b"\\u0000" in raw else body)
 
 
 # -- query parameters --------------------------------------------------------------------------
+
+
+def query_param(request: Request, name: str) -> str | None:
+    """A raw query parameter, storable (no NUL): every query string is read through here or `Param`."""
+    raw = request.query_params.get(name)
+    return None if raw is None else storable_text(raw)
 
 
 @dataclass(frozen=True)
@@ -228,7 +248,7 @@ class Param:
 
     def read(self, request: Request) -> Any:
         """The parsed value, or the default; 400 for a value that is malformed or out of range."""
-        raw = request.query_params.get(self.name)
+        raw = query_param(request, self.name)
         if raw is None or raw == "":
             return self.default
         try:

@@ -13,13 +13,24 @@ from typing import TYPE_CHECKING
 from starlette.requests import Request
 from starlette.responses import Response
 
+from collab_server.content.sanitize import storable_text
 from collab_server.storage import ydoc
 
 from . import live
 from .access import WRITE, authorize_document, context
 from .errors import ApiError
 from .openapi import Endpoint
-from .payload import MARKDOWN, OCTET_STREAM, JSONOut, Param, decode_base64, encode_base64, read_body, require_media_type
+from .payload import (
+    MARKDOWN,
+    OCTET_STREAM,
+    JSONOut,
+    Param,
+    decode_base64,
+    encode_base64,
+    query_param,
+    read_body,
+    require_media_type,
+)
 
 if TYPE_CHECKING:
     from collab_server.context import AppContext
@@ -43,7 +54,7 @@ async def get_state(request: Request) -> Response:
     hashes the full state, so `If-None-Match` answers 304 whenever nothing changed (the same
     state encoded differently, e.g. after the room unloads, only costs one full reply)."""
     access = await authorize_document(request)
-    sv_param = request.query_params.get("sv")
+    sv_param = query_param(request, "sv")
     peer_vector = decode_base64(sv_param, "sv") if sv_param is not None else None
     state = await live.current_state(context(request), access.document_id)
     if live.if_none_match(request, state.etag):
@@ -97,7 +108,7 @@ async def put_content(request: Request) -> Response:
     require_media_type(request, MARKDOWN)
     raw = await read_body(request, ctx.settings.max_message_bytes)
     try:
-        source = raw.decode()
+        source = storable_text(raw.decode())
     except UnicodeDecodeError:
         raise ApiError(400, "the body must be UTF-8 text") from None
     await _ensure_open_document(ctx, request)

@@ -114,3 +114,42 @@ async def test_oversized_bodies_get_413(make_server) -> None:  # type: ignore[no
         local = (await api.get("/api/workspaces")).json()["workspaces"][0]["id"]
         doc = await api.post(f"/api/workspaces/{local}/documents", json={"title": "x", "content": "y" * 5000})
         assert doc.status_code == 413
+
+
+async def test_nul_anywhere_in_a_request_is_stored_as_the_replacement_character(world: World) -> None:
+    """PostgreSQL's text and jsonb refuse NUL; the API replaces it with U+FFFD at the boundary
+    (as `content` does for what editors type), never a 500."""
+    api, doc = world.api(), world.doc()
+    search = await api.get(f"/api/workspaces/{world.ws}/search", params={"q": "a\x00b"})
+    assert search.status_code == 200, search.text
+    changes = await api.get(f"/api/workspaces/{world.ws}/changes", params={"since": "\x00"})
+    assert changes.status_code == 400 and error_of(changes)["code"] == "bad_cursor"
+    assert (await api.get(f"/api/documents/{doc}/state", params={"sv": "\x00"})).status_code == 400
+    created = await api.post(f"/api/workspaces/{world.ws}/documents", json={
+        "title": "T\x00itle", "content": "body\x00 text\n", "metadata": {"k\x00": ["v\x00"]}, "settings": {"s": "\x00"},
+    })
+    assert created.status_code == 201, created.text
+    new = created.json()["id"]
+    got = (await api.get(f"/api/documents/{new}")).json()
+    assert got["title"] == "T\ufffditle" and got["metadata"] == {"k\ufffd": ["v\ufffd"]}
+    patched = await api.patch(f"/api/documents/{new}", json={"title": "\x00", "metadata": {"x": "\x00"}})
+    assert patched.status_code == 200, patched.text
+    put = await api.put(f"/api/documents/{new}/content", content=b"put\x00 this\n",
+                        headers={"Content-Type": "text/markdown"})
+    assert put.status_code == 200, put.text
+    assert (await api.get(f"/api/documents/{new}/content")).text.strip() == "put\ufffd this"
+    comment = await api.post(f"/api/documents/{doc}/comments",
+                             json={"content": "c\x00", "anchor_text": "\x00", "position": {"\x00": 1}})
+    assert comment.status_code == 201, comment.text
+    assert comment.json()["content"] == "c\ufffd"
+    version = await api.post(f"/api/documents/{doc}/versions", json={"change_description": "v\x00"})
+    assert version.status_code == 201, version.text
+    assert version.json()["change_description"] == "v\ufffd"
+
+
+async def test_an_unexpected_error_closes_the_keep_alive_connection(world: World) -> None:
+    """After a 500 the server says so with `Connection: close` rather than dropping the socket."""
+    from collab_server.api.errors import unexpected_error
+
+    response = await unexpected_error(None, RuntimeError("boom"))  # type: ignore[arg-type]
+    assert response.status_code == 500 and response.headers["connection"] == "close"
