@@ -40,7 +40,9 @@ log = logging.getLogger("collab.api.changes")
 
 MAX_WAIT = 30.0
 MAX_WAITS_PER_USER = 8
-_POSITION = re.compile(r"^(\d{1,20})\.(\d{1,20})$")
+_POSITION = re.compile(r"^(\d{1,20})\.(\d{1,19})$")
+_POSITION_PATTERN = r"^(0|\d{1,20}\.\d{1,19})$"
+_XID8_MAX, _BIGINT_MAX = 2**64 - 1, 2**63 - 1
 
 _FEED = """
 SELECT s.cursor, s.txid::text AS txid, s.entity_type, s.entity_id, s.operation::text AS operation,
@@ -67,7 +69,7 @@ def parse_position(raw: str | None) -> tuple[str, int]:
     if raw is None or raw in ("", "0"):
         return "0", 0
     match = _POSITION.match(raw)
-    if match is None:
+    if match is None or int(match.group(1)) > _XID8_MAX or int(match.group(2)) > _BIGINT_MAX:
         raise ApiError(400, "since must be a position from this feed (\"txid.cursor\") or 0", "bad_cursor")
     return match.group(1), int(match.group(2))
 
@@ -149,7 +151,8 @@ def watcher(request: Request) -> FeedWatcher:
     return state.feed_watcher  # type: ignore[no-any-return]
 
 
-_SINCE = Param("since", description='a position from this feed ("txid.cursor"); 0 or absent: the beginning')
+_SINCE = Param("since", description='a position from this feed ("txid.cursor"); 0 or absent: the beginning',
+               schema_extra={"pattern": _POSITION_PATTERN})
 _LIMIT = limit_param(100, 1000)
 _WAIT = Param("wait", "number", f"long-poll: wait up to this many seconds (at most {MAX_WAIT:g}) for a change",
               0, 0)

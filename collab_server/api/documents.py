@@ -55,7 +55,8 @@ def _parse_page_token(raw: str | None) -> tuple[datetime, UUID] | None:
 
 _TYPE = Param("type", description="only documents of this type", choices=DOCUMENT_TYPES)
 _LIST_LIMIT = limit_param(50, 200)
-_CURSOR = Param("cursor", description="next_cursor of the previous page")
+_CURSOR = Param("cursor", description="next_cursor of the previous page",
+                schema_extra={"pattern": r"^\d{1,20}_[0-9a-fA-F-]{32,36}$"})
 
 
 async def list_documents(request: Request) -> Response:
@@ -174,7 +175,8 @@ async def delete_document(request: Request) -> Response:
     return JSONOut({"id": row["id"], "deleted": True, "deleted_at": row["deleted_at"]})
 
 
-_Q = Param("q", description="words (full-text over title, content and tags) or part of a title (trigram)")
+_Q = Param("q", description="words (full-text over title, content and tags) or part of a title (trigram)",
+           required=True, schema_extra={"minLength": 1, "maxLength": 200, "pattern": r"\S"})
 _SEARCH_LIMIT = limit_param(20, 100)
 _OFFSET = Param("offset", "integer", "skip this many results", 0, 0, 10_000)
 
@@ -182,8 +184,9 @@ _OFFSET = Param("offset", "integer", "skip this many results", 0, 0, 10_000)
 async def search_documents(request: Request) -> Response:
     """The seed's full-text `search_documents`, plus trigram matching on titles (typos, prefixes)."""
     access = await authorize_workspace(request)
-    query = (_Q.read(request) or "").strip()
-    if not query or len(query) > 200:
+    raw = _Q.read(request)
+    query = raw.strip()
+    if not query or len(raw) > 200:
         raise ApiError(400, "q must be 1 to 200 characters")
     limit, offset = _SEARCH_LIMIT.read(request), _OFFSET.read(request)
     async with user_transaction(context(request), access.user_id) as conn:

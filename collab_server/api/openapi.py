@@ -16,7 +16,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from .errors import CODES
-from .payload import JSONOut, Param, Schema
+from .payload import PG_INT_MAX, JSONOut, Param, Schema
 
 Handler = Callable[[Request], Awaitable[Response]]
 Body = Schema | Literal["binary", "markdown"] | None
@@ -24,6 +24,9 @@ Produces = Literal["json", "binary", "markdown"]
 
 _MEDIA = {"json": "application/json", "binary": "application/octet-stream", "markdown": "text/markdown"}
 _PATH_PARAM = re.compile(r"{(\w+)(?::\w+)?}")
+# Every path parameter is an id (a UUID) but the version number; anything else is a 404.
+_PATH_SCHEMAS: dict[str, dict[str, Any]] = {"version_number": {"type": "integer", "minimum": 1, "maximum": PG_INT_MAX}}
+_ID_SCHEMA = {"type": "string", "format": "uuid"}
 
 
 @dataclass(frozen=True)
@@ -46,7 +49,7 @@ class Endpoint:
 
     def operation(self) -> dict[str, Any]:
         params: list[dict[str, Any]] = [
-            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+            {"name": name, "in": "path", "required": True, "schema": _PATH_SCHEMAS.get(name, _ID_SCHEMA)}
             for name in _PATH_PARAM.findall(self.path)
         ]
         params += [p.openapi() for p in self.query]

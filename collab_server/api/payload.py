@@ -223,6 +223,9 @@ def query_param(request: Request, name: str) -> str | None:
     return None if raw is None else storable_text(raw)
 
 
+PG_INT_MAX = 2**31 - 1  # integers go to PostgreSQL `int` columns: past this, 400, not an overflow
+
+
 @dataclass(frozen=True)
 class Param:
     """A query parameter, for parsing and for the OpenAPI document."""
@@ -235,21 +238,29 @@ class Param:
     maximum: float | None = None
     choices: tuple[str, ...] | None = None
     schema_extra: dict[str, Any] = field(default_factory=dict)
+    required: bool = False
+
+    @property
+    def upper(self) -> float | None:
+        return PG_INT_MAX if self.maximum is None and self.kind == "integer" else self.maximum
 
     def openapi(self) -> dict[str, Any]:
         schema: dict[str, Any] = {"type": self.kind, **self.schema_extra}
-        for key, value in (("default", self.default), ("minimum", self.minimum), ("maximum", self.maximum)):
+        for key, value in (("default", self.default), ("minimum", self.minimum), ("maximum", self.upper)):
             if value is not None:
                 schema[key] = value
         if self.choices is not None:
             schema["enum"] = list(self.choices)
-        return {"name": self.name, "in": "query", "required": False, "schema": schema,
+        return {"name": self.name, "in": "query", "required": self.required, "schema": schema,
                 "description": self.description}
 
     def read(self, request: Request) -> Any:
-        """The parsed value, or the default; 400 for a value that is malformed or out of range."""
+        """The parsed value, or the default; 400 for a value that is missing (if required),
+        malformed or out of range. An empty string is "absent" only for a string parameter."""
         raw = query_param(request, self.name)
-        if raw is None or raw == "":
+        if raw is None or (raw == "" and self.kind == "string"):
+            if self.required:
+                raise ApiError(400, f"query parameter {self.name} is required")
             return self.default
         try:
             if self.kind == "integer":
@@ -266,8 +277,9 @@ class Param:
             raise ApiError(400, f"query parameter {self.name} must be a {self.kind}") from None
         if self.minimum is not None and value < self.minimum:
             raise ApiError(400, f"query parameter {self.name} must be at least {self.minimum:g}")
-        if self.maximum is not None and value > self.maximum:
-            raise ApiError(400, f"query parameter {self.name} must be at most {self.maximum:g}")
+        upper = self.upper
+        if upper is not None and value > upper:
+            raise ApiError(400, f"query parameter {self.name} must be at most {upper:g}")
         if self.choices is not None and value not in self.choices:
             raise ApiError(400, f"query parameter {self.name} must be one of {', '.join(self.choices)}")
         return value

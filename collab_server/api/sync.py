@@ -125,7 +125,8 @@ async def put_content(request: Request) -> Response:
 
 
 _DOC = "/api/documents/{document_id}"
-_SV = Param("sv", description="base64 state vector: reply with only what a peer at this state lacks")
+_SV = Param("sv", description="base64 state vector: reply with only what a peer at this state lacks",
+            schema_extra={"contentEncoding": "base64"})
 endpoints = [
     Endpoint("GET", f"{_DOC}/state", get_state, "Full state or diff as a Yjs update (ETag, 304)", "sync",
              query=(_SV,), produces="binary", errors=(304,)),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from typing import Any
 
 import httpx
 from starlette.routing import Route
@@ -153,3 +154,31 @@ async def test_an_unexpected_error_closes_the_keep_alive_connection(world: World
 
     response = await unexpected_error(None, RuntimeError("boom"))  # type: ignore[arg-type]
     assert response.status_code == 500 and response.headers["connection"] == "close"
+
+
+async def test_out_of_range_and_empty_parameters_are_400_and_described(world: World) -> None:
+    """What schemathesis found: an integer past PostgreSQL's `int` (500 before), an empty number,
+    a position past 64 bits; and the OpenAPI document now says so (formats, bounds, required)."""
+    api, doc = world.api(), world.doc()
+    versions = await api.get(f"/api/documents/{doc}/versions", params={"before": "2948462140"})
+    assert versions.status_code == 400 and "at most" in error_of(versions)["message"]
+    changes = f"/api/workspaces/{world.ws}/changes"
+    assert (await api.get(changes, params={"wait": ""})).status_code == 400
+    for since in ("99999999999999999999.1", "1.99999999999999999999"):
+        response = await api.get(changes, params={"since": since})
+        assert response.status_code == 400 and error_of(response)["code"] == "bad_cursor", since
+    assert (await api.get(f"/api/documents/{doc}/versions/99999999999")).status_code == 404
+
+    spec = (await world.api(None).get("/api/openapi.json")).json()["paths"]
+
+    def param(path: str, name: str, method: str = "get") -> dict[str, Any]:
+        return next(p for p in spec[path][method]["parameters"] if p["name"] == name)
+
+    assert param("/api/documents/{document_id}", "document_id")["schema"] == {"type": "string", "format": "uuid"}
+    number = param("/api/documents/{document_id}/versions/{version_number}", "version_number")["schema"]
+    assert number == {"type": "integer", "minimum": 1, "maximum": 2**31 - 1}
+    q = param("/api/workspaces/{workspace_id}/search", "q")
+    assert q["required"] is True and q["schema"]["maxLength"] == 200
+    assert param("/api/documents/{document_id}/versions", "before")["schema"]["maximum"] == 2**31 - 1
+    assert "pattern" in param("/api/workspaces/{workspace_id}/changes", "since")["schema"]
+    assert param("/api/documents/{document_id}/state", "sv")["schema"]["contentEncoding"] == "base64"
