@@ -135,6 +135,9 @@ class Settings:
     max_document_bytes: int = field(
         default=32 * 1024 * 1024, metadata=_env("COLLAB_MAX_DOCUMENT_BYTES", _parse_non_negative_int)
     )
+    max_pending_bytes: int = field(
+        default=1024 * 1024, metadata=_env("COLLAB_MAX_PENDING_BYTES", _parse_non_negative_int)
+    )
     max_rooms: int = field(default=10_000, metadata=_env("COLLAB_MAX_ROOMS", _parse_positive_int))
     max_connections: int = field(
         default=20_000, metadata=_env("COLLAB_MAX_CONNECTIONS", _parse_positive_int)

@@ -30,7 +30,7 @@ from pycrdt import Doc, Text
 
 from collab_server.client import YClient
 from collab_server.core.awareness import encode_entries
-from collab_server.core.protocol import encode_awareness, encode_sync_step1, encode_update
+from collab_server.core.protocol import encode_awareness, encode_sync_step1, encode_sync_step2, encode_update
 from collab_server.storage.postgres import open_document_id
 from tests.waiting import eventually
 
@@ -333,6 +333,45 @@ async def test_a_document_at_its_size_limit_refuses_edits_with_4413_and_413(make
         assert response.status_code == 413, response.text
         assert "size limit" in response.json()["error"]["message"]
         assert server_text(server, "size-cap").startswith(INITIAL)
+
+
+def dependent_edit(size: int) -> tuple[bytes, bytes]:
+    """An edit and a second one that depends on it (its structs wait where the first is missing)."""
+    doc = Doc()
+    updates: list[bytes] = []
+    doc.observe(lambda event: updates.append(event.update))
+    doc.get("content", type=Text).insert(0, "base ")
+    doc.get("content", type=Text).insert(5, "w" * size)
+    return updates[0], updates[1]
+
+
+async def test_updates_waiting_for_missing_changes_are_bounded_4409_and_409(make_server, db) -> None:
+    server = await make_server(max_pending_bytes=5000)
+    async with peers(server, "pending") as p:
+        async with websockets.connect(server.ws_url("pending"), max_size=None, compression=None) as ws:
+            first, second = dependent_edit(1000)
+            await ws.send(encode_sync_step2(second))  # held, and written ahead: nothing observed it
+            await eventually(lambda: room_of(server, "pending").missing_bytes, lambda n: n > 0, what="held")
+            await ws.send(encode_update(dependent_edit(3000)[1]))
+            await ws.send(encode_update(dependent_edit(3000)[1]))
+            await asyncio.wait_for(ws.wait_closed(), 5)
+            assert ws.close_code == 4409 and "exceed 5000 bytes" in ws.close_reason
+        await assert_room_unharmed(server, p, "[pending]")
+        assert room_of(server, "pending").missing_bytes == 0  # released
+        async with httpx.AsyncClient(base_url=server.http) as http:
+            octets = {"Content-Type": "application/octet-stream"}
+            for _ in range(2):
+                response = await http.post("/api/documents/pending/updates", content=dependent_edit(3000)[1],
+                                           headers=octets)
+            assert response.status_code == 409 and "exceed 5000 bytes" in response.json()["error"]["message"]
+            # The step 2's structs were stored: their dependency, arriving later, completes them.
+            assert (await http.post("/api/documents/pending/updates", content=first, headers=octets)).is_success
+        assert await server.ctx.wal.flush(10)
+        await server.ctx.store.compact(open_document_id("pending"))
+        state = await db.fetchval("SELECT yjs_state FROM documents WHERE id = $1", open_document_id("pending"))
+        stored = Doc()
+        stored.apply_update(state)
+        assert "base " + "w" * 1000 in str(stored.get("content", type=Text))
 
 
 async def test_metrics_count_rejected_frames_by_reason(server) -> None:

@@ -123,7 +123,9 @@ async def apply(ctx: AppContext, access: DocumentAccess, update: bytes, who: Cli
             try:
                 room.apply_update(update, None, actor=who)
             except ProtocolError as exc:
-                raise ApiError(413 if exc.code == CloseCode.DOCUMENT_TOO_LARGE else 400, exc.reason) from None
+                statuses: dict[int, int] = {CloseCode.DOCUMENT_TOO_LARGE: 413, CloseCode.MISSING_DEPENDENCIES: 409}
+                status = statuses.get(exc.code, 400)
+                raise ApiError(status, exc.reason) from None
             vector = room.doc.get_state()
     except RoomUnavailable as exc:
         if exc.code == CloseCode.NOT_FOUND:

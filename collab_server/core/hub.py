@@ -45,6 +45,7 @@ class HubConfig:
     shutdown_timeout: float = 10.0
     max_awareness_clients: int = 32  # client IDs one connection may announce
     max_document_bytes: int = 0  # a document's size limit (0: none)
+    max_pending_bytes: int = 1 << 20  # updates waiting for missing changes, per room (0: no check)
     compaction: CompactionConfig = field(default_factory=CompactionConfig)
 
 
@@ -155,7 +156,8 @@ class Hub:
             if loaded is None:
                 raise RoomUnavailable(CloseCode.NOT_FOUND, "document not found")
             room = Room(document_id, loaded.workspace_id, loaded.type, self.storage, self.extensions, self.counters,
-                        self.config.max_awareness_clients, self.config.max_document_bytes)
+                        self.config.max_awareness_clients, self.config.max_document_bytes,
+                        self.config.max_pending_bytes)
             room.load_state(loaded.state)
             self._policy.track(document_id, loaded.pending)
             self._rooms[document_id] = room

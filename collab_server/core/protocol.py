@@ -45,6 +45,7 @@ class CloseCode(IntEnum):
     UNAUTHORIZED = 4401
     FORBIDDEN = 4403
     NOT_FOUND = 4404  # the document does not exist or was deleted
+    MISSING_DEPENDENCIES = 4409  # too many bytes of updates waiting for changes the room does not have
     DOCUMENT_TOO_LARGE = 4413  # the document is at its size limit: edits are refused
     TOO_MANY_REQUESTS = 4429
 

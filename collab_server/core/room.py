@@ -16,7 +16,7 @@ import time
 from typing import Any
 from uuid import UUID
 
-from pycrdt import Doc, merge_updates
+from pycrdt import Doc, get_update, merge_updates
 
 from .awareness import AwarenessChange, RoomAwareness
 from .connection import ClientInfo, Connection
@@ -41,6 +41,11 @@ _EMPTY_UPDATE = b"\x00\x00"  # no structs, no deletions
 SIZE_RECHECK = 5.0  # seconds between exact measurements of a document at its size limit
 
 
+def _has_structs(update: bytes) -> bool:
+    """Whether a v1 update carries structs (its first varint counts the clients that have some)."""
+    return update[:1] != b"\x00"
+
+
 class Room:
     def __init__(
         self,
@@ -52,6 +57,7 @@ class Room:
         counters: Counters | None = None,
         max_awareness_clients: int = 32,
         max_bytes: int = 0,
+        max_missing_bytes: int = 1 << 20,
     ) -> None:
         self.id = document_id
         self.workspace_id = workspace_id
@@ -73,6 +79,11 @@ class Room:
         self.max_bytes = max_bytes
         self.size = 0
         self._measured_at = -SIZE_RECHECK
+        # Structs waiting in the Doc for changes it does not have (Yjs "pending"): what of each
+        # update could not integrate, re-checked as others arrive. Bounded by `max_missing_bytes`.
+        self.max_missing_bytes = max_missing_bytes
+        self._missing: list[bytes] = []
+        self.missing_bytes = 0
 
     # -- loading -------------------------------------------------------------------------
 
@@ -80,6 +91,7 @@ class Room:
         """Apply the stored state without relaying or re-storing it."""
         if state:
             self.doc.apply_update(state)
+            self._hold_missing(state)
         self.size = len(state)
 
     # -- connections ---------------------------------------------------------------------
@@ -214,6 +226,17 @@ class Room:
                 raise
             log.error("pycrdt failed on an update in room %s: %r", self.id, exc)
             raise ProtocolError(CloseCode.INVALID_PAYLOAD, "invalid Yjs update") from None
+        if not as_sent or origin is None:
+            # A step 2's waiting structs are stored too (no observer saw them); an HTTP write is
+            # refused here, while it can still be told. Clients' edits are checked at the flush.
+            left = get_update(update, self.doc.get_state())
+            if _has_structs(left):
+                limit = self.max_missing_bytes
+                if origin is None and limit and self.missing_bytes + len(left) > limit:
+                    self._release_missing()  # noted at the flush otherwise, as a client's edit is
+                    raise ProtocolError(CloseCode.MISSING_DEPENDENCIES, self._missing_reason())
+                if not as_sent:
+                    changes.append(left)
         who = actor if actor is not None else (origin.info if origin is not None else None)
         for change in changes:
             self._collect(AppliedUpdate(change, origin, who, False))
@@ -231,6 +254,49 @@ class Room:
                     f"the document is at its size limit ({self.max_bytes} bytes): edits are refused",
                 )
         self.size += size
+
+    def _hold_missing(self, update: bytes, state: bytes | None = None) -> bool:
+        """Note what of `update` waits for changes the room does not have, re-check what waited
+        before; past `max_missing_bytes`, rebuild the Doc without any waiting structs (those that
+        were accepted are in storage: a compaction merges them, never drops them) and say so."""
+        state = self.doc.get_state() if state is None else state
+        left = get_update(update, state)
+        if not self._missing and not _has_structs(left):
+            return False
+        self._missing = [m for m in self._missing if _has_structs(get_update(m, state))]
+        if _has_structs(left):
+            self._missing.append(left)
+        self.missing_bytes = sum(len(m) for m in self._missing)
+        if not self.max_missing_bytes or self.missing_bytes <= self.max_missing_bytes:
+            return False
+        log.warning("room %s: %d bytes of updates wait for missing changes; released", self.id, self.missing_bytes)
+        self._release_missing()
+        return True
+
+    def _missing_reason(self) -> str:
+        self.counters.inc("collab_missing_refused_total")
+        return f"updates depending on changes this document does not have exceed {self.max_missing_bytes} bytes"
+
+    def _refuse_missing(self, pending: list[AppliedUpdate], merged: bytes) -> list[AppliedUpdate]:
+        """Once per turn, for the whole batch (an encode of the state vector and a diff): past the
+        limit, the edits that left structs waiting are neither relayed nor stored, and their
+        connections are closed (4409)."""
+        state = self.doc.get_state()
+        if not self._hold_missing(merged, state):
+            return pending
+        offenders = {p.origin for p in pending if p.origin is not None and _has_structs(get_update(p.update, state))}
+        for conn in offenders:
+            conn.close(CloseCode.MISSING_DEPENDENCIES, self._missing_reason())
+        return [p for p in pending if p.origin not in offenders]
+
+    def _release_missing(self) -> None:
+        """A Doc without the waiting structs (its encoding leaves them out). Nothing holds on to
+        the old one: every reader asks the room for `doc` when it needs it."""
+        fresh: Doc[Any] = Doc()
+        fresh.apply_update(self.doc.get_update())
+        self.doc = fresh
+        self._missing = []
+        self.missing_bytes = 0
 
     def _apply_observed(self, update: bytes, doc: Doc[Any] | None = None) -> list[bytes]:
         doc = self.doc if doc is None else doc
@@ -273,8 +339,14 @@ class Room:
         last: PendingUpdate | None = None
         refused = False
         if pending:
+            merged = pending[0].update if len(pending) == 1 else merge_updates(*(p.update for p in pending))
+            kept = self._refuse_missing(pending, merged) if self.max_missing_bytes else pending
+            if len(kept) < len(pending):
+                pending = kept
+                merged = merge_updates(*(p.update for p in pending)) if pending else b""
+                acks = {conn: n for conn, n in acks.items() if not conn.closing}
+        if pending:
             first = pending[0]
-            merged = first.update if len(pending) == 1 else merge_updates(*(p.update for p in pending))
             only = first.origin if all(p.origin is first.origin for p in pending) else None
             self.broadcast(encode_update(merged), exclude=only)
             batch = UpdateBatch(merged, pending, any(not p.remote for p in pending))

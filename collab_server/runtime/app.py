@@ -50,6 +50,7 @@ def hub_config(settings: Settings) -> HubConfig:
         shutdown_timeout=settings.shutdown_timeout,
         max_awareness_clients=settings.max_awareness_clients,
         max_document_bytes=settings.max_document_bytes,
+        max_pending_bytes=settings.max_pending_bytes,
         compaction=CompactionConfig(
             max_updates=settings.compact_max_updates,
             max_bytes=settings.compact_max_bytes,

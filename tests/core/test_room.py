@@ -150,3 +150,58 @@ async def test_the_size_estimate_is_corrected_by_measuring_near_the_limit() -> N
         await turns()
     assert str(room.doc.get("content", type=Text)) == ""
     assert room.size < 3000
+
+
+def dependent_edits(size: int) -> tuple[bytes, bytes]:
+    """Two edits of one client: the second cannot integrate without the first (its structs
+    wait, "pending", in any Doc that lacks the first)."""
+    doc = Doc()
+    updates: list[bytes] = []
+    doc.observe(lambda event: updates.append(event.update))
+    text = doc.get("content", type=Text)
+    text.insert(0, "first ")
+    text.insert(6, "x" * size)
+    return updates[0], updates[1]
+
+
+async def test_a_step2_with_missing_dependencies_is_written_ahead_not_held_in_memory_only() -> None:
+    storage = MemoryStorage()
+    document_id = storage.create()
+    room = Room(document_id, storage=storage)
+    first, second = dependent_edits(100)
+    MemoryClient().attach(room).send(Message(Kind.SYNC_STEP2, second))
+    await eventually(lambda: storage.stored_updates(document_id), lambda rows: len(rows) == 1,
+                     what="the waiting structs written ahead")
+    assert room.missing_bytes > 0
+    MemoryClient().attach(room).send(Message(Kind.SYNC_UPDATE, first))
+    await turns()
+    assert str(room.doc.get("content", type=Text)) == "first " + "x" * 100 and room.missing_bytes == 0
+    stored = Doc()
+    for row in storage.stored_updates(document_id):
+        stored.apply_update(row.payload)
+    assert str(stored.get("content", type=Text)) == "first " + "x" * 100
+
+
+async def test_updates_waiting_for_dependencies_are_bounded_per_room() -> None:
+    storage = MemoryStorage()
+    document_id = storage.create()
+    room = Room(document_id, storage=storage, max_missing_bytes=5000)
+    good = MemoryClient().attach(room)
+    good.text.insert(0, "kept ")
+    await turns()
+    attacker, watcher = MemoryClient().attach(room), MemoryClient().attach(room)
+    for _ in range(2):
+        attacker.send(Message(Kind.SYNC_UPDATE, dependent_edits(2000)[1]))
+        await turns()
+    assert not attacker.conn.closing and 4000 < room.missing_bytes <= 5000  # durable, relayed, held
+    relayed = len(watcher.peer.frames)
+    attacker.send(Message(Kind.SYNC_UPDATE, dependent_edits(2000)[1]))
+    await turns()
+    assert attacker.conn.close_code == CloseCode.MISSING_DEPENDENCIES and "5000 bytes" in attacker.conn.close_reason
+    assert len(watcher.peer.frames) == relayed  # the refused one went nowhere
+    assert room.missing_bytes == 0  # released: the Doc holds no waiting structs any more
+    assert len(storage.stored_updates(document_id)) == 3  # "kept " and the two accepted
+    good.text.insert(5, "and working")
+    await turns()
+    assert str(room.doc.get("content", type=Text)) == "kept and working"
+    assert room.counters.values["collab_missing_refused_total"] == 1
