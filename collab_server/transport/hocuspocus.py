@@ -44,6 +44,7 @@ MAX_QUEUED_MESSAGES = 1000
 # Close codes that concern one document: sent as that document's Close, the socket stays open.
 DOCUMENT_CODES = frozenset({
     CloseCode.NORMAL, CloseCode.UNAUTHORIZED, CloseCode.FORBIDDEN, CloseCode.NOT_FOUND, CloseCode.DOCUMENT_TOO_LARGE,
+    CloseCode.MISSING_DEPENDENCIES,
 })
 
 
