@@ -865,3 +865,23 @@ async def test_a_nul_character_typed_into_a_document_compacts_and_versions(serve
     assert version == "A\ufffdB"
     assert await pending_rows(db, document_id) == 0
     await client.close()
+
+
+async def test_an_upgrade_while_postgres_is_down_is_a_503_in_json(
+    private_pg: EmbeddedPostgres, private_db: str, redis_url: str, tmp_path: Path
+) -> None:
+    from tests.test_auth import SECRET, expect_refusal, setup_demo
+
+    server = await RunningServer(make_settings(tmp_path, auth="on", jwt_secret=SECRET), private_db, redis_url).start()
+    try:
+        conn = await asyncpg.connect(private_db)
+        try:
+            demo = await setup_demo(conn, server)
+        finally:
+            await conn.close()
+        await asyncio.to_thread(private_pg.stop, "immediate")
+        body = await expect_refusal(f"{server.ws_base}/{demo.documents[1]}?token={demo.tokens['editor']}", 503)
+        assert body["error"]["code"] == "unavailable", body
+    finally:
+        await asyncio.to_thread(private_pg.restart_same_port)
+        await server.stop()
