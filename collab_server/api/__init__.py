@@ -13,6 +13,7 @@ from . import changes, comments, documents, presence, sync, versions, workspaces
 from .access import authorize_document
 from .errors import ApiError, error_response, exception_handlers
 from .openapi import Endpoint, openapi_endpoint
+from .openapi import routes as _routes
 
 try:
     VERSION = _version("collab-server")
@@ -29,7 +30,7 @@ endpoints: list[Endpoint] = [
     *presence.endpoints,
 ]
 endpoints.append(openapi_endpoint(list(endpoints), VERSION))
-routes = [ep.route() for ep in endpoints]
+routes = _routes(endpoints)
 
 __all__ = [
     "ApiError", "Endpoint", "authorize_document", "endpoints", "error_response", "exception_handlers",

@@ -36,7 +36,10 @@ def error_body(status: int, message: str, code: str | None = None) -> dict[str, 
 async def error_response(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     body = error_body(exc.status_code, str(exc.detail), getattr(exc, "code", None))
-    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+    headers = exc.headers
+    if headers and "Allow" in headers:  # Starlette joins a set: the same order every time
+        headers = {**headers, "Allow": ", ".join(sorted(m.strip() for m in headers["Allow"].split(",")))}
+    return JSONResponse(body, status_code=exc.status_code, headers=headers)
 
 
 async def unexpected_error(request: Request, exc: Exception) -> Response:

@@ -44,9 +44,6 @@ class Endpoint:
     errors: tuple[int, ...] = ()
     public: bool = False  # no token needed
 
-    def route(self) -> Route:
-        return Route(self.path, self.handler, methods=[self.method], name=self.handler.__name__)
-
     def operation(self) -> dict[str, Any]:
         params: list[dict[str, Any]] = [
             {"name": name, "in": "path", "required": True, "schema": _PATH_SCHEMAS.get(name, _ID_SCHEMA)}
@@ -88,6 +85,29 @@ class Endpoint:
             out[str(status)] = {"description": CODES[status].replace("_", " "), "content": {
                 "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
         return out
+
+
+def routes(endpoints: Sequence[Endpoint]) -> list[Route]:
+    """One route per path, whatever its methods: Starlette answers 405 with the Allow of the
+    first route whose path matches, so the methods of a path must share one route. OPTIONS
+    answers 204 with the same Allow."""
+    by_path: dict[str, dict[str, Handler]] = {}
+    for ep in endpoints:
+        by_path.setdefault(ep.path, {})[ep.method] = ep.handler
+    return [_route(path, handlers) for path, handlers in by_path.items()]
+
+
+def _route(path: str, handlers: dict[str, Handler]) -> Route:
+    methods = {*handlers, "OPTIONS", *(("HEAD",) if "GET" in handlers else ())}
+    allow = ", ".join(sorted(methods))
+
+    async def dispatch(request: Request) -> Response:
+        if request.method == "OPTIONS":
+            return Response(status_code=204, headers={"Allow": allow})
+        return await handlers["GET" if request.method == "HEAD" else request.method](request)
+
+    name = "_".join(h.__name__ for h in handlers.values())
+    return Route(path, dispatch, methods=sorted(methods), name=name)
 
 
 def document(endpoints: Sequence[Endpoint], version: str) -> dict[str, Any]:

@@ -17,10 +17,10 @@ async def test_openapi_describes_every_route(world: World) -> None:
     spec = (await world.api(None).get("/api/openapi.json")).json()
     assert spec["openapi"].startswith("3.") and spec["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
     routes = [r for r in world.server.app.routes if isinstance(r, Route) and r.path.startswith("/api/")]
-    assert len(routes) >= 25
+    assert len(routes) >= 19  # one per path; 25 operations
     for route in routes:
         for method in route.methods or ():
-            if method != "HEAD":
+            if method not in ("HEAD", "OPTIONS"):
                 assert method.lower() in spec["paths"].get(route.path, {}), f"{method} {route.path}"
     create = spec["paths"]["/api/workspaces/{workspace_id}/documents"]["post"]
     assert create["requestBody"]["content"]["application/json"]["schema"]["required"] == ["title"]
@@ -182,3 +182,14 @@ async def test_out_of_range_and_empty_parameters_are_400_and_described(world: Wo
     assert param("/api/documents/{document_id}/versions", "before")["schema"]["maximum"] == 2**31 - 1
     assert "pattern" in param("/api/workspaces/{workspace_id}/changes", "since")["schema"]
     assert param("/api/documents/{document_id}/state", "sv")["schema"]["contentEncoding"] == "base64"
+
+
+async def test_options_and_405_name_every_method_of_the_path(world: World) -> None:
+    path = f"/api/documents/{world.doc()}"
+    options = await world.api(None).options(path)
+    assert options.status_code == 204 and options.headers["allow"] == "DELETE, GET, HEAD, OPTIONS, PATCH"
+    wrong = await world.api().put(path)
+    assert wrong.status_code == 405 and wrong.headers["allow"] == "DELETE, GET, HEAD, OPTIONS, PATCH"
+    assert error_of(wrong)["code"] == "method_not_allowed"
+    comments = await world.api().delete(f"/api/documents/{world.doc()}/comments")
+    assert comments.status_code == 405 and comments.headers["allow"] == "GET, HEAD, OPTIONS, POST"
