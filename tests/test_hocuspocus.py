@@ -532,3 +532,25 @@ async def test_what_waits_for_authentication_is_bounded(auth_server, db) -> None
 def _long_client_frame(payload: bytes) -> bytes:
     assert 126 <= len(payload) < 65536
     return bytes((0x82, 0x80 | 126)) + len(payload).to_bytes(2, "big") + b"\0\0\0\0" + payload
+
+
+async def test_too_many_waiting_bytes_close_only_that_document(make_server) -> None:
+    server = await make_server(max_pending_bytes=3000)
+    async with websockets.connect(hp_url(server), max_size=None) as ws:
+        for name in ("waits", "fine"):
+            await ws.send(_auth(name))
+            await _recv_until(ws, name, hp.MSG_AUTH)
+        for _ in range(2):  # each depends on an edit the room never got
+            author: Doc[Any] = Doc()
+            updates: list[bytes] = []
+            author.observe(lambda event, into=updates: into.append(event.update))
+            author.get("content", type=Text).insert(0, "base ")
+            author.get("content", type=Text).insert(5, "w" * 2000)
+            await ws.send(_frame("waits", encode_update(updates[1])))
+        reason = await _recv_until(ws, "waits", hp.MSG_CLOSE)
+        assert b"exceed 3000 bytes" in reason
+        edit: Doc[Any] = Doc()
+        edit.get("content", type=Text).insert(0, "socket still open")
+        await ws.send(_frame("fine", encode_update(edit.get_update())))
+        assert await _recv_until(ws, "fine", hp.MSG_SYNC_STATUS) == b"\x01"
+        assert room_text(server, open_document_id("fine")) == "socket still open"

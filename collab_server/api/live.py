@@ -111,6 +111,10 @@ def actor(request: Request, access: DocumentAccess) -> ClientInfo:
     )
 
 
+# A refused update's close code as an HTTP status (any other refusal: 400).
+_REFUSAL_STATUS: dict[int, int] = {CloseCode.DOCUMENT_TOO_LARGE: 413, CloseCode.MISSING_DEPENDENCIES: 409}
+
+
 async def apply(ctx: AppContext, access: DocumentAccess, update: bytes, who: ClientInfo) -> bytes:
     """Apply an update as a WebSocket update would be (relayed, written ahead), wait until it is
     durable, and return the new state vector. 400 invalid update, 503 when it cannot be stored."""
@@ -123,9 +127,7 @@ async def apply(ctx: AppContext, access: DocumentAccess, update: bytes, who: Cli
             try:
                 room.apply_update(update, None, actor=who)
             except ProtocolError as exc:
-                statuses: dict[int, int] = {CloseCode.DOCUMENT_TOO_LARGE: 413, CloseCode.MISSING_DEPENDENCIES: 409}
-                status = statuses.get(exc.code, 400)
-                raise ApiError(status, exc.reason) from None
+                raise ApiError(_REFUSAL_STATUS.get(exc.code, 400), exc.reason) from None
             vector = room.doc.get_state()
     except RoomUnavailable as exc:
         if exc.code == CloseCode.NOT_FOUND:

@@ -234,7 +234,7 @@ class Room:
                 limit = self.max_missing_bytes
                 if origin is None and limit and self.missing_bytes + len(left) > limit:
                     self._release_missing()  # noted at the flush otherwise, as a client's edit is
-                    raise ProtocolError(CloseCode.MISSING_DEPENDENCIES, self._missing_reason())
+                    raise ProtocolError(CloseCode.MISSING_DEPENDENCIES, self._refuse_one())
                 if not as_sent:
                     changes.append(left)
         who = actor if actor is not None else (origin.info if origin is not None else None)
@@ -273,7 +273,8 @@ class Room:
         self._release_missing()
         return True
 
-    def _missing_reason(self) -> str:
+    def _refuse_one(self) -> str:
+        """Count a refused update; the reason to send with it."""
         self.counters.inc("collab_missing_refused_total")
         return f"updates depending on changes this document does not have exceed {self.max_missing_bytes} bytes"
 
@@ -286,7 +287,7 @@ class Room:
             return pending
         offenders = {p.origin for p in pending if p.origin is not None and _has_structs(get_update(p.update, state))}
         for conn in offenders:
-            conn.close(CloseCode.MISSING_DEPENDENCIES, self._missing_reason())
+            conn.close(CloseCode.MISSING_DEPENDENCIES, self._refuse_one())
         return [p for p in pending if p.origin not in offenders]
 
     def _release_missing(self) -> None:
