@@ -132,6 +132,10 @@ class Settings:
     header_timeout_seconds: float = field(
         default=10.0, metadata=_env("COLLAB_HEADER_TIMEOUT_SECONDS", _parse_non_negative_float)
     )
+    # Sockets one client address may hold open at once (HTTP and WebSocket; trusted proxies exempt).
+    max_connections_per_address: int = field(
+        default=1000, metadata=_env("COLLAB_MAX_CONNECTIONS_PER_ADDRESS", _parse_non_negative_int)
+    )
     max_document_bytes: int = field(
         default=32 * 1024 * 1024, metadata=_env("COLLAB_MAX_DOCUMENT_BYTES", _parse_non_negative_int)
     )

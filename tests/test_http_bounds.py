@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 
 import orjson
 
+from collab_server.client import YClient
 from tests.waiting import eventually
 
 
@@ -71,3 +73,31 @@ async def test_silent_and_slow_sockets_are_closed_after_the_header_timeout(make_
     for w in (silent_w, slow_w):
         w.close()
     await eventually(lambda: server.get("/healthz"), lambda r: r.status_code == 200)
+
+
+async def test_one_address_holds_at_most_its_cap_of_sockets_and_trusted_proxies_are_exempt(make_server) -> None:
+    server = await make_server(max_connections_per_address=3, trusted_proxies=())
+    idle = [await asyncio.open_connection("127.0.0.1", server.port) for _ in range(2)]
+    client = await YClient(server.ws_url(str(uuid.uuid4()))).connect()  # the third: an upgraded socket
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    status, body = _status_and_body(await _read_all(reader, 5))  # answered at accept, without a request
+    assert status == 429 and body["error"]["code"] == "too_many_connections"  # type: ignore[index]
+    writer.close()
+    # A socket given back (an idle one, then the WebSocket) makes room for exactly one more.
+    idle.pop()[1].close()
+    await eventually(lambda: server.get("/healthz"), lambda r: r.status_code == 200, what="room after a close")
+    idle.append(await asyncio.open_connection("127.0.0.1", server.port))
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    assert _status_and_body(await _read_all(reader, 5))[0] == 429
+    writer.close()
+    await client.close()
+    await eventually(lambda: server.get("/healthz"), lambda r: r.status_code == 200, what="room after a WebSocket")
+    for _, w in idle:
+        w.close()
+
+    # Behind a trusted proxy every user shares its address: no cap there.
+    proxied = await make_server(max_connections_per_address=3)  # loopback is trusted by default
+    held = [await asyncio.open_connection("127.0.0.1", proxied.port) for _ in range(6)]
+    assert (await proxied.get("/healthz")).status_code == 200
+    for _, w in held:
+        w.close()

@@ -102,3 +102,43 @@ def _forwarded_for(headers: Mapping[str, str]) -> list[str]:
                     value = value.split(":")[0]
                 out.append(value)
     return out
+
+
+class AddressSockets:
+    """Sockets held open per client address, so one address cannot take every descriptor: an idle
+    TCP socket costs nothing to open and, before this, 20,000 of them starved health checks and
+    other clients. Counted per socket (HTTP keep-alive and WebSocket alike, from accept to close);
+    trusted proxies are exempt, since every user behind one shares its address."""
+
+    def __init__(self, limit: int, proxies: TrustedProxies) -> None:
+        self.limit = limit  # 0 disables
+        self._proxies = proxies
+        self._held: dict[str, int] = {}
+        self._of: dict[object, str] = {}  # transport → the address it is counted under
+        self.refused = 0
+
+    def acquire(self, transport: object, address: str | None) -> bool:
+        """Count this socket; False (and not counted) when its address holds `limit` already."""
+        if self.limit <= 0 or address is None or self._proxies.trusts(address):
+            return True
+        held = self._held.get(address, 0)
+        if held >= self.limit:
+            self.refused += 1
+            return False
+        self._held[address] = held + 1
+        self._of[transport] = address
+        return True
+
+    def release(self, transport: object) -> None:
+        """Idempotent: the HTTP and the WebSocket protocol of an upgraded socket may both call it."""
+        address = self._of.pop(transport, None)
+        if address is None:
+            return
+        held = self._held[address] - 1
+        if held:
+            self._held[address] = held
+        else:
+            del self._held[address]
+
+    def held(self, address: str) -> int:
+        return self._held.get(address, 0)

@@ -6,6 +6,8 @@ included): at most `max_header_bytes` of request line and headers (past it 431, 
 connection is closed a second later — httptools would otherwise buffer a 100 MB header line), and at most
 `header_timeout` seconds (past it 408 and close: a silent socket or a slow-loris holds a
 descriptor otherwise, measured for ever). Between requests uvicorn's own keep-alive timeout applies.
+And at accept, the socket is counted against its address's cap (`AddressSockets`, found in the
+lifespan state uvicorn hands every protocol): past it, 429 and close.
 Only the parser callbacks and the public `transport` are used.
 """
 
@@ -17,7 +19,9 @@ from typing import Any
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-_REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
+from collab_server.transport.websocket import STATE_KEY, Sockets
+
+_REASONS = {408: b"Request Timeout", 429: b"Too Many Requests", 431: b"Request Header Fields Too Large"}
 
 
 def _response(status: int, code: str, message: str) -> bytes:
@@ -33,18 +37,29 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     max_header_bytes = 64 * 1024
     header_timeout = 10.0
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, config: Any, server_state: Any, app_state: dict[str, Any], *args: Any, **kwargs: Any) -> None:
+        super().__init__(config, server_state, app_state, *args, **kwargs)
+        sockets = app_state.get(STATE_KEY)
+        self._sockets: Sockets | None = sockets if isinstance(sockets, Sockets) else None
         self._header_bytes = 0  # bytes fed while a request's headers are incomplete
         self._in_headers = True  # waiting for (the rest of) a request's headers
         self._header_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        addresses = self._sockets.addresses if self._sockets is not None else None
+        peer = transport.get_extra_info("peername")
+        address = peer[0] if isinstance(peer, tuple) and peer else None
+        if addresses is not None and not addresses.acquire(transport, address):
+            self._refuse(429, "too_many_connections",
+                         f"{addresses.limit} connections already open from this address")
+            return
         self._arm()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        if self._sockets is not None:
+            self._sockets.addresses.release(self.transport)
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:

@@ -31,7 +31,7 @@ from websockets.http11 import Request, Response
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
-from collab_server.access.limits import TokenBucket
+from collab_server.access.limits import AddressSockets, TokenBucket
 from collab_server.context import AppContext
 from collab_server.core.connection import ClientInfo, Connection, SendBudget
 from collab_server.core.hub import RoomUnavailable
@@ -59,6 +59,9 @@ class Sockets:
         self.ctx = ctx
         self.open: set[WebSocketProtocol] = set()
         self.users = hocuspocus.UserSockets()  # per-user socket counts of the Hocuspocus route
+        # Every socket (HTTP too) per client address: the HTTP protocol counts it at accept; an
+        # upgraded socket is released by whichever protocol holds it when it closes.
+        self.addresses = AddressSockets(ctx.settings.max_connections_per_address, ctx.proxies)
         self._keepalive: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -167,6 +170,7 @@ class WebSocketProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._server_state.connections.discard(self)
         self._sockets.open.discard(self)
+        self._sockets.addresses.release(self._transport)
         if self._handshake is not None and not self._handshake.done():
             self._handshake.cancel()
         self._gone = True
