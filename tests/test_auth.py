@@ -118,11 +118,10 @@ async def test_refusals_happen_before_any_byte(auth_server, db) -> None:
     await expect_refusal(base, 403, {"Authorization": f"Bearer {demo.tokens['outsider']}"})
     async with websockets.connect(base, additional_headers={"Authorization": f"Bearer {demo.tokens['viewer']}"}):
         pass
-    # A document id that is not a UUID: 4400 after the upgrade.
-    async with websockets.connect(f"{auth_server.ws_base}/not-a-uuid?token={demo.tokens['editor']}") as ws:
-        with pytest.raises(websockets.ConnectionClosed):
-            await ws.recv()
-        assert ws.close_code == 4400
+    # A document id that is not a UUID: refused before the upgrade, token or not.
+    for query in (f"?token={demo.tokens['editor']}", ""):
+        body = await expect_refusal(f"{auth_server.ws_base}/not-a-uuid{query}", 400)
+        assert body["error"]["code"] == "bad_document_id"
 
 
 async def test_outsider_raw_socket_asking_for_everything_gets_nothing(auth_server, db) -> None:

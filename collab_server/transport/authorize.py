@@ -57,9 +57,8 @@ def client_info(upgrade: Upgrade, address: str | None, user_id: UUID | None, rol
     )
 
 
-async def authorize(ctx: AppContext, upgrade: Upgrade, address: str | None) -> tuple[UUID | None, ClientInfo] | Refusal:
-    """Who may open which document. A document id that is not a UUID is (None, info): the socket is
-    accepted and closed with 4400, as y-websocket clients expect a close code for a bad room name."""
+async def authorize(ctx: AppContext, upgrade: Upgrade, address: str | None) -> tuple[UUID, ClientInfo] | Refusal:
+    """Who may open which document, decided before the upgrade: a refused client never gets a socket."""
     if not ctx.address_limiter.allow(address):
         return Refusal(429, "too_many_requests", "too many connections from this address; slow down")
     return await resolve(ctx, unquote(upgrade.path[len(PATH_PREFIX):]), token_from(upgrade), upgrade, address)
@@ -67,8 +66,9 @@ async def authorize(ctx: AppContext, upgrade: Upgrade, address: str | None) -> t
 
 async def resolve(
     ctx: AppContext, name: str, token: str | None, upgrade: Upgrade, address: str | None
-) -> tuple[UUID | None, ClientInfo] | Refusal:
-    """Which document `name` is and what the bearer of `token` may do there (both dialects)."""
+) -> tuple[UUID, ClientInfo] | Refusal:
+    """Which document `name` is and what the bearer of `token` may do there (both dialects). Names
+    are document ids (UUIDs) in auth mode, checked first: a bad name costs no token check."""
     if ctx.settings.auth == "off":
         try:
             document_id = await ctx.store.ensure_open_document(name)
@@ -79,7 +79,7 @@ async def resolve(
     try:
         document_id = UUID(name)
     except ValueError:
-        return None, client_info(upgrade, address, None, "viewer")
+        return Refusal(400, "bad_document_id", "unknown document: names are document ids (UUIDs)")
     try:
         claims = await ctx.tokens.verify(token)
         user_id = await ctx.access.user_id(str(claims["sub"]))

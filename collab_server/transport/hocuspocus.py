@@ -261,9 +261,6 @@ class Session:
             self._refuse(address, decision.message)
             return
         document_id, info = decision
-        if document_id is None:
-            self._refuse(address, "unknown document: names are document ids (UUIDs)")
-            return
         # Per user: in open mode everyone is the one local user, so the cap would be a global one.
         user_id = info.user_id if ctx.settings.auth == "on" else None
         if user_id is not None and user_id not in self._user_ids:

@@ -290,9 +290,6 @@ class WebSocketProtocol(asyncio.Protocol):
         self._ws.send_response(response)
         self._send_pending()
         conn = Connection(uuid.uuid4().hex, info, self, ctx.settings.send_queue_bytes, ctx.counters)
-        if document_id is None:
-            self._refuse_open(conn, CloseCode.BAD_REQUEST, "document id must be a UUID")
-            return
         try:
             room = await ctx.hub.join(document_id, conn)
         except RoomUnavailable as exc:
