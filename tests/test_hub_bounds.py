@@ -519,6 +519,8 @@ async def test_max_rooms_refuses_a_third_room(make_server) -> None:
             assert "room limit" in (ws.close_reason or "")
         assert hub.room_count == 2 and hub.connections == 2
         assert hub.get(open_document_id("room-c")) is None
+        rows = "SELECT count(*) FROM documents WHERE id = $1"
+        assert await server.ctx.pool.fetchval(rows, open_document_id("room-c")) == 0  # no row for a refused room
         # The refused client is not half-registered; an existing room still accepts newcomers.
         a2 = await YClient(server.ws_url("room-a")).connect()
         a2.doc.get("content", type=Text).insert(0, "still open")
@@ -528,6 +530,7 @@ async def test_max_rooms_refuses_a_third_room(make_server) -> None:
         await eventually(lambda: hub.room_count == 1, timeout=3, what="room-b unloaded")
         c = await YClient(server.ws_url("room-c")).connect()
         assert hub.room_count == 2
+        assert await server.ctx.pool.fetchval(rows, open_document_id("room-c")) == 1
         a2.abort()
         c.abort()
     finally:

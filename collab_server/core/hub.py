@@ -114,11 +114,22 @@ class Hub:
 
     # -- joining and leaving -----------------------------------------------------------------
 
-    async def join(self, document_id: UUID, conn: Connection) -> Room:
+    def refusal(self, document_id: UUID) -> RoomUnavailable | None:
+        """Why `join` would refuse this document now, if it would: asked before work that a refusal
+        would waste (open mode creating a document row for a room that cannot be opened)."""
         if self.closing:
-            raise RoomUnavailable(CloseCode.GOING_AWAY, "server is shutting down")
+            return RoomUnavailable(CloseCode.GOING_AWAY, "server is shutting down")
         if self.connections >= self.config.max_connections:
-            raise RoomUnavailable(CloseCode.TRY_AGAIN_LATER, "connection limit reached on this server")
+            return RoomUnavailable(CloseCode.TRY_AGAIN_LATER, "connection limit reached on this server")
+        if (document_id not in self._rooms and document_id not in self._loading
+                and len(self._rooms) + len(self._loading) >= self.config.max_rooms):
+            return RoomUnavailable(CloseCode.TRY_AGAIN_LATER, "room limit reached on this server")
+        return None
+
+    async def join(self, document_id: UUID, conn: Connection) -> Room:
+        refused = self.refusal(document_id)
+        if refused is not None:
+            raise refused
         self.connections += 1
         try:
             room = await self.open_room(document_id)
