@@ -5,6 +5,7 @@ import base64
 import hashlib
 import hmac
 import json
+import logging
 import threading
 import time
 import uuid
@@ -238,6 +239,26 @@ async def test_a_burst_lets_a_reconnect_storm_through(make_server) -> None:
     await expect_refusal(server.ws_url("storm"), 429)
     for c in clients:
         await c.close()
+
+
+async def test_refused_upgrades_log_one_info_line_each_and_no_error(auth_server, db, caplog) -> None:
+    demo = await setup_demo(db, auth_server)
+    caplog.set_level(logging.DEBUG)
+    doc = demo.documents[0]
+    refusals = [
+        (f"{auth_server.ws_base}/not-a-uuid", 400),
+        (f"{auth_server.ws_base}/{doc}", 401),
+        (f"{auth_server.ws_base}/{doc}?token={demo.tokens['outsider']}", 403),
+        (f"ws://127.0.0.1:{auth_server.port}/elsewhere", 404),
+    ]
+    for target, status in refusals:
+        await expect_refusal(target, status)
+    refused = [r for r in caplog.records if r.getMessage() == "upgrade refused"]
+    assert [getattr(r, "status", None) for r in refused] == [status for _, status in refusals]
+    assert all(r.levelno == logging.INFO for r in refused)
+    loud = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert not loud, loud
+    assert demo.tokens["outsider"] not in "".join(str(getattr(r, "path", "")) for r in refused)
 
 
 async def test_tokens_never_reach_the_logs(auth_server, db, caplog) -> None:

@@ -104,6 +104,7 @@ class WebSocketProtocol(asyncio.Protocol):
         self._ws = ServerProtocol(max_size=settings.max_message_bytes, logger=_WS_LOG)
         self._transport: asyncio.Transport | None = None
         self._address: str | None = None
+        self._path: str | None = None
         self._handshake: asyncio.Task[None] | None = None
         self._paused = False
         self._resumed: asyncio.Future[None] | None = None
@@ -273,6 +274,7 @@ class WebSocketProtocol(asyncio.Protocol):
             self._send_pending()
             return
         parts = urlsplit(request.path)
+        self._path = parts.path  # without the query: a token may be in it
         upgrade = Upgrade(parts.path, request.headers, dict(parse_qsl(parts.query)))
         self._address = ctx.proxies.client(self._address, request.headers)
         if parts.path.rstrip("/") == hocuspocus.PATH:
@@ -337,6 +339,12 @@ class WebSocketProtocol(asyncio.Protocol):
         self._resume_reading()
 
     def _refuse(self, refusal: Refusal) -> None:
+        """One info line, never an error: a refusal is the server working (a client asking why it
+        cannot connect finds the reason here and in the JSON body)."""
+        log.info("upgrade refused", extra={
+            "event": "refused", "status": refusal.status, "code": refusal.code, "reason": refusal.message,
+            "path": self._path, "address": self._address,
+        })
         self._ws.send_response(_json_response(refusal.status, refusal.code, refusal.message))
         self._send_pending()
         self._close_transport()
