@@ -164,3 +164,37 @@ async def test_presence_listing_index_is_pruned(server, redis_url, document: str
     assert await listing(server, document) == []
     assert await redis.zcard(key) == 0
     await redis.aclose()
+
+
+async def test_presence_is_back_within_a_heartbeat_when_redis_loses_it(db_url: str, tmp_path: Path) -> None:
+    """A Redis that restarts without persistence (here: flushed, then really restarted) loses every
+    record while no write fails. Each process notices at its next process heartbeat (1 s here) and
+    rewrites, long before the 60 s full rewrite; a process lists its own people from memory at once."""
+    private = EmbeddedRedis(tmp_path / "redis", persist=False).start()
+    settings = make_settings(tmp_path, presence_heartbeat_seconds=60, process_heartbeat_seconds=1)
+    one = await RunningServer(settings, db_url, private.url).start()
+    two = await RunningServer(settings, db_url, private.url).start()
+    redis = aioredis.from_url(private.url)
+    clients = []
+    try:
+        clients = [await YClient(one.ws_url("p8")).connect(), await YClient(two.ws_url("p8")).connect()]
+        await eventually(lambda: _count(listing(one, "p8"), 2), what="both listed")
+        await redis.flushall()
+        own = await listing(one, "p8")  # at once, before any heartbeat: this process's own from memory
+        assert one.ctx.process_id in [p["process_id"] for p in own]  # (the other's may be back already)
+        lost = time.monotonic()
+        await eventually(lambda: _count(listing(one, "p8"), 2), timeout=5, what="the other process's record back")
+        assert time.monotonic() - lost < 3
+        await redis.aclose()
+        private.stop()
+        private.restart_same_port()
+        redis = aioredis.from_url(private.url)
+        await eventually(lambda: _count(listing(one, "p8"), 2), timeout=8, what="both back after a restart")
+        await eventually(lambda: _count(listing(two, "p8"), 2), timeout=8, what="seen from the other process too")
+    finally:
+        for client in clients:
+            await client.close()
+        await one.stop()
+        await two.stop()
+        await redis.aclose()
+        private.stop()

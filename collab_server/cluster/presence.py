@@ -117,25 +117,26 @@ class Record:
     fields: dict[str, Any] = field(default_factory=dict)
 
     def encode(self) -> bytes:
-        return orjson.dumps(
-            {
-                "connection_id": self.connection_id,
-                "document_id": self.document_id,
-                "process_id": self.process_id,
-                "user_id": self.user_id,
-                "device_type": self.device_type,
-                "device_name": self.device_name,
-                "client_version": self.client_version,
-                "cursor_position": None,
-                "selection_range": None,
-                "is_active": True,
-                "is_typing": False,
-                "current_block_id": None,
-                **self.fields,
-                "connected_at": _iso(self.connected_at),
-                "last_activity_at": _iso(self.last_activity_at),
-            }
-        )
+        return orjson.dumps(self.entry())
+
+    def entry(self) -> dict[str, Any]:
+        return {
+            "connection_id": self.connection_id,
+            "document_id": self.document_id,
+            "process_id": self.process_id,
+            "user_id": self.user_id,
+            "device_type": self.device_type,
+            "device_name": self.device_name,
+            "client_version": self.client_version,
+            "cursor_position": None,
+            "selection_range": None,
+            "is_active": True,
+            "is_typing": False,
+            "current_block_id": None,
+            **self.fields,
+            "connected_at": _iso(self.connected_at),
+            "last_activity_at": _iso(self.last_activity_at),
+        }
 
 
 def _iso(ts: float) -> str:
@@ -156,10 +157,13 @@ class Presence(Extension):
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._list_script = client.register_script(_LIST_SCRIPT)
+        self._hub: Hub | None = None
+        self._beaten = False  # our heartbeat key has been written once: its absence means Redis lost it
         self.healthy = True
         self.commands_sent = 0
 
     async def on_start(self, hub: Hub) -> None:
+        self._hub = hub
         self._tasks = [
             asyncio.create_task(self._flusher(), name="presence-flusher"),
             asyncio.create_task(self._heartbeat(), name="presence-heartbeat"),
@@ -259,14 +263,17 @@ class Presence(Extension):
                 if full or cid not in self._last_write:
                     command("ZADD", index_key(record.document_id), now + ttl, cid)
                     count += 1
-            if beat:
-                pipe.set(process_key(self.process_id), b"1", ex=max(1, int(self.settings.process_dead_after_seconds)))
+            beat_at = count
+            if beat:  # GET: the previous value, None when Redis restarted (or flushed) since the last beat
+                ex = max(1, int(self.settings.process_dead_after_seconds))
+                command("SET", process_key(self.process_id), b"1", "EX", ex, "GET")
                 count += 1
             if final:
                 pipe.delete(process_key(self.process_id))
                 count += 1
+            replies: list[Any] = []
             if count:
-                await pipe.execute()
+                replies = await pipe.execute()
                 self.commands_sent += count
         except (RedisError, OSError) as exc:
             if self.healthy:
@@ -275,8 +282,11 @@ class Presence(Extension):
             for cid, document_id in removed.items():  # retry the removals next time
                 self._removed.setdefault(cid, document_id)
             return False
-        if not self.healthy:
-            log.info("presence back: rewriting every record")
+        lost = beat and self._beaten and replies[beat_at] is None
+        self._beaten = self._beaten or beat
+        if not self.healthy or lost:
+            log.info("presence back: rewriting every record" if not self.healthy
+                     else "Redis lost this process's presence (restarted?): rewriting every record")
             self.healthy = True
             self._dirty.update(self.records)
             self._last_write.clear()
@@ -290,7 +300,15 @@ class Presence(Extension):
     # -- reading -----------------------------------------------------------------------------
 
     async def list(self, document_id: UUID) -> list[dict[str, Any]]:
+        """Other processes' records from Redis, this process's own from memory: they are the truth,
+        and are listed even while Redis has not yet got them back after a restart."""
         records = await self._list_script(
             keys=[index_key(document_id)], args=[time.time(), f"{PREFIX}presence:", f"{PREFIX}process:"]
         )
-        return sorted((orjson.loads(r) for r in records), key=lambda r: r["connected_at"])
+        people = [entry for entry in map(orjson.loads, records) if entry.get("process_id") != self.process_id]
+        room = self._hub.get(document_id) if self._hub is not None else None
+        for conn in room.connections if room is not None else ():
+            record = self.records.get(conn.id)
+            if record is not None:
+                people.append(record.entry())
+        return sorted(people, key=lambda r: r["connected_at"])
