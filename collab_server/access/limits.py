@@ -115,7 +115,6 @@ class AddressSockets:
         self._proxies = proxies
         self._held: dict[str, int] = {}
         self._of: dict[object, str] = {}  # transport → the address it is counted under
-        self.refused = 0
 
     def acquire(self, transport: object, address: str | None) -> bool:
         """Count this socket; False (and not counted) when its address holds `limit` already."""
@@ -123,7 +122,6 @@ class AddressSockets:
             return True
         held = self._held.get(address, 0)
         if held >= self.limit:
-            self.refused += 1
             return False
         self._held[address] = held + 1
         self._of[transport] = address
@@ -139,6 +137,3 @@ class AddressSockets:
             self._held[address] = held
         else:
             del self._held[address]
-
-    def held(self, address: str) -> int:
-        return self._held.get(address, 0)
