@@ -6,6 +6,7 @@ import ipaddress
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(slots=True)
@@ -102,6 +103,12 @@ def _forwarded_for(headers: Mapping[str, str]) -> list[str]:
                     value = value.split(":")[0]
                 out.append(value)
     return out
+
+
+def peer_address(transport: Any) -> str | None:
+    """The IP a socket comes from (None for a Unix socket): what limits count before any header."""
+    peer = transport.get_extra_info("peername")
+    return peer[0] if isinstance(peer, tuple) and peer else None
 
 
 class AddressSockets:

@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from collab_server.access.limits import peer_address
 from collab_server.transport.websocket import STATE_KEY, Sockets
 
 _REASONS = {408: b"Request Timeout", 429: b"Too Many Requests", 431: b"Request Header Fields Too Large"}
@@ -48,9 +49,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         addresses = self._sockets.addresses if self._sockets is not None else None
-        peer = transport.get_extra_info("peername")
-        address = peer[0] if isinstance(peer, tuple) and peer else None
-        if addresses is not None and not addresses.acquire(transport, address):
+        if addresses is not None and not addresses.acquire(transport, peer_address(transport)):
             self._refuse(429, "too_many_connections",
                          f"{addresses.limit} connections already open from this address")
             return

@@ -31,7 +31,7 @@ from websockets.http11 import Request, Response
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
-from collab_server.access.limits import AddressSockets, TokenBucket
+from collab_server.access.limits import AddressSockets, TokenBucket, peer_address
 from collab_server.context import AppContext
 from collab_server.core.connection import ClientInfo, Connection, SendBudget
 from collab_server.core.hub import RoomUnavailable
@@ -123,8 +123,7 @@ class WebSocketProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]  # uvloop's transport is not a subclass
-        peer = transport.get_extra_info("peername")
-        self._address = peer[0] if isinstance(peer, tuple) and peer else None
+        self._address = peer_address(transport)
         self._server_state.connections.add(self)
         self._sockets.open.add(self)  # ticked from the start: a socket stuck in any phase is dropped in time
 

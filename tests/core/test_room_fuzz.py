@@ -161,7 +161,7 @@ def test_what_the_server_encodes_decodes_to_itself(codec, payload: bytes) -> Non
     assert (message.kind, message.payload) == (kind, payload)
 
 
-def test_a_refused_client_closes_alone() -> None:
+def test_garbage_and_an_orphan_update_between_honest_edits() -> None:
     """A fixed case the property must cover: garbage and an orphan update between honest edits."""
     actions = [(0, ("edit", 0, "hello ")), (1, ("raw", b"\x00\x02\xff")), (2, ("edit", 99, "world")),
                (1, ("edit", 0, "after the garbage")), (0, ("orphan", "later"))]
