@@ -66,3 +66,22 @@ async def test_loop_lag_is_a_histogram_on_metrics(server) -> None:  # type: igno
 
 async def _metrics(server) -> str:  # type: ignore[no-untyped-def]
     return (await server.get("/metrics")).text
+
+
+async def test_a_client_reconnects_and_its_offline_edits_reach_the_others(server) -> None:  # type: ignore[no-untyped-def]
+    """Our Python client reconnects like the npm provider: edits made while closed travel in the sync exchange."""
+    watcher = await YClient(server.ws_url("reconnect")).connect()
+    typist = await YClient(server.ws_url("reconnect")).connect()
+    text = typist.doc.get("content", type=Text)
+    text.insert(0, "online ")
+    await watcher.wait_for(lambda: str(watcher.doc.get("content", type=Text)) == "online ")
+    typist.abort()
+    await typist.wait_closed()
+    text.insert(len(text), "offline")  # nothing to send it on: it waits in the Doc
+    await typist.connect()
+    assert typist.close_code is None and typist.synced.is_set()
+    await watcher.wait_for(lambda: str(watcher.doc.get("content", type=Text)) == "online offline")
+    with_other = await YClient(server.ws_url("reconnect")).connect()
+    assert str(with_other.doc.get("content", type=Text)) == "online offline"
+    for client in (watcher, typist, with_other):
+        await client.close()

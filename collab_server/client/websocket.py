@@ -63,10 +63,26 @@ class YClient:
         return int(self.doc.client_id)
 
     async def connect(self, timeout: float = 10.0, wait_synced: bool = True) -> Self:
-        self.ws = await websockets.connect(
-            self.url, max_size=self.max_size, additional_headers=self.headers, compression=None,
-            open_timeout=timeout, ping_interval=None,
-        )
+        """Connect, or reconnect once closed: the sync exchange then sends the server whatever it lacks
+        (edits made offline included), as the npm provider does, so nothing queued offline is replayed."""
+        if self.ws is not None:
+            if not self.closed.is_set():
+                raise RuntimeError("already connected")
+            await self.wait_closed(0)
+            self.synced.clear()
+            self.closed.clear()
+            self.close_code, self.close_reason, self.permission_denied = None, "", None
+            self.remote_awareness.clear()
+            self._outbox = asyncio.Queue()
+        try:
+            self.ws = await websockets.connect(
+                self.url, max_size=self.max_size, additional_headers=self.headers, compression=None,
+                open_timeout=timeout, ping_interval=None,
+            )
+        except BaseException:
+            if self.ws is not None:
+                self.closed.set()  # still the closed socket: a later connect() may try again
+            raise
         self._tasks = [
             asyncio.create_task(self._reader(), name="yclient-reader"),
             asyncio.create_task(self._writer(), name="yclient-writer"),
@@ -96,7 +112,7 @@ class YClient:
         self._outbox.put_nowait(frame)  # type: ignore[arg-type]
 
     def _on_local_update(self, event: TransactionEvent) -> None:
-        if self._applying_remote:
+        if self._applying_remote or self.closed.is_set():  # offline: the next sync exchange carries it
             return
         self._send(encode_update(event.update))
 
