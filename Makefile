@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 NODE_STAMP := tests/node/node_modules/.installed-$(shell cat tests/node/package-lock.json | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: install node run test lint fuzz bench loadtest clean
+.PHONY: install node run test lint fuzz chaos bench loadtest clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required")'
@@ -45,6 +45,10 @@ lint: install
 fuzz: install node
 	COLLAB_FUZZ_SECONDS=$${COLLAB_FUZZ_SECONDS:-900} HYPOTHESIS_PROFILE=fuzz $(VENV)/bin/pytest --timeout 7200 -s \
 		tests/api/test_schemathesis.py tests/test_content.py tests/core
+
+## Kill -9 the servers under load while PostgreSQL stops and Redis dies; print what was lost (README, Chaos).
+chaos: install
+	$(PY) -m bench.chaos $(ARGS)
 
 ## Benchmark this server against the y-websocket reference server (see bench/README.md).
 bench: install node

@@ -58,13 +58,16 @@ class Server:
     log_path: Path
     port: int = 0
     proc: subprocess.Popen[bytes] | None = None
+    keep_port: bool = False  # restart on the same port, so clients reconnect to the same URL
+    ready_path: str = "/readyz"
 
     @property
     def ws_base(self) -> str:
         return f"ws://127.0.0.1:{self.port}/ws"
 
     def start(self, timeout: float = 60) -> None:
-        self.port = free_port()
+        if not (self.keep_port and self.port):
+            self.port = free_port()
         env = {**self.env, "COLLAB_PORT": str(self.port), "COLLAB_HOST": "127.0.0.1"}
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
@@ -76,7 +79,7 @@ class Server:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}; see {self.log_path}")
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/readyz", timeout=1) as resp:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{self.ready_path}", timeout=1) as resp:
                     if resp.status == 200:
                         return
             except (urllib.error.URLError, OSError):

@@ -304,13 +304,17 @@ class EmbeddedRedis:
         self._port_file.write_text(str(self.port))
         log.info("embedded Redis started on port %d", self.port)
 
-    def stop(self) -> None:
+    def stop(self, kill: bool = False) -> None:
+        """Terminate, or with `kill` SIGKILL (chaos runs: what the append-only file has not flushed is lost)."""
         try:
             pid = int(self._pid_file.read_text().strip())
             proc = psutil.Process(pid)
         except (FileNotFoundError, ValueError, psutil.Error):
             return
-        proc.terminate()
+        if kill:
+            proc.kill()
+        else:
+            proc.terminate()
         with contextlib.suppress(psutil.Error):
             proc.wait(10)
 
