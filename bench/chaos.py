@@ -481,7 +481,8 @@ class Chaos:
             await conn.close()
 
     async def settle(self, timeout: float = 90) -> tuple[dict[str, set[str]], float]:
-        """After the load: every reconnecting writer synced, and storage holding all they typed."""
+        """After the load: every reconnecting writer synced and equal to storage, storage holding all they
+        typed, and nothing more arriving for a second (the last commits of the forgetful writers' rooms)."""
         started = now()
         want: dict[str, set[str]] = {w.room: set() for w in self.writers}
         for w in self.writers:
@@ -490,10 +491,12 @@ class Chaos:
         stored: dict[str, set[str]] = {}
         while now() - started < timeout:
             if all(w.live() for w in self.writers if w.resync):
+                before = stored
                 stored = await self.stored()
-                if all(want[room] <= stored[room] for room in want):
+                if (stored == before and all(want[room] <= stored[room] for room in want)
+                        and all(w.tags() == stored[w.room] for w in self.writers if w.resync)):
                     break
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(1.0)
         else:
             stored = await self.stored()
         return stored, now() - started
