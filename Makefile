@@ -4,9 +4,12 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 NODE_STAMP := tests/node/node_modules/.installed-$(shell cat tests/node/package-lock.json | cksum | cut -d' ' -f1)
+WEB_STAMP  := web/node_modules/.installed-$(shell cat web/package-lock.json | cksum | cut -d' ' -f1)
+WEB_BUNDLE := web/dist/.built
+CHROMIUM   ?= /usr/bin/chromium
 PYTEST_ARGS ?=
 
-.PHONY: install node run test lint fuzz chaos bench loadtest clean
+.PHONY: install node web chromium run test lint fuzz chaos bench loadtest clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required")'
@@ -25,12 +28,30 @@ $(NODE_STAMP): tests/node/package-lock.json tests/node/package.json
 
 node: $(NODE_STAMP)
 
+$(WEB_STAMP): web/package-lock.json web/package.json
+	cd web && npm ci --no-audit --no-fund --loglevel=error
+	rm -f web/node_modules/.installed-*
+	touch $(WEB_STAMP)
+
+## The page at / and /console: esbuild bundles web/src into web/dist when it is missing or stale.
+$(WEB_BUNDLE): $(WEB_STAMP) web/build.mjs $(wildcard web/src/*)
+	cd web && node build.mjs
+	touch $(WEB_BUNDLE)
+
+web: $(WEB_BUNDLE)
+
+## The browser tests drive Debian's Chromium (a browser a tool downloads for itself cannot be fetched here).
+chromium:
+	@test -x $(CHROMIUM) || { \
+		if [ "$$(id -u)" = 0 ]; then apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
+		else echo "install Chromium (apt-get install chromium) or set CHROMIUM=/path/to/chromium"; exit 1; fi; }
+
 ## Start the server with embedded PostgreSQL and Redis (or DATABASE_URL / REDIS_URL), print demo tokens.
-run: install
+run: install web
 	$(VENV)/bin/collab-server serve --demo
 
 ## Install everything and run the whole suite against real PostgreSQL, Redis, sockets and clients.
-test: install node
+test: install node web chromium
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/mypy
@@ -60,4 +81,4 @@ loadtest: install
 	$(VENV)/bin/collab-loadtest $(ARGS)
 
 clean:
-	rm -rf $(VENV) .collab tests/node/node_modules
+	rm -rf $(VENV) .collab tests/node/node_modules web/node_modules web/dist

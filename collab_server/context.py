@@ -6,6 +6,7 @@ imports the runtime that assembles it (`runtime.app.build_context`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import asyncpg
@@ -42,3 +43,4 @@ class AppContext:
     proxies: TrustedProxies
     revocation: RevocationWatcher | None = None
     bus: Bus | None = None
+    loop_lag: Callable[[], dict[str, float]] | None = None  # the runtime's probe, read by /api/stats

@@ -77,8 +77,10 @@ def test_demo_json_is_one_object_with_real_tokens(db_url: str, redis_url: str, t
     first = run_cli("demo", "--json", env=env)
     assert first.returncode == 0, first.stderr
     info = json.loads(first.stdout)
-    assert set(info) == {"ws_url", "http_url", "workspace", "documents", "tokens"}
-    assert len(info["documents"]) == 5 and set(info["tokens"]) == {"editor", "viewer", "outsider"}
+    assert set(info) == {"ws_url", "http_url", "app_url", "console_url", "workspace", "documents", "tokens"}
+    assert len(info["documents"]) == 5 and set(info["tokens"]) == {"editor", "viewer", "outsider", "admin"}
+    assert info["app_url"] == f"http://127.0.0.1:8099/?token={info['tokens']['editor']}#/d/{info['documents'][0]}"
+    assert info["console_url"] == f"http://127.0.0.1:8099/console?token={info['tokens']['admin']}"
     assert info["ws_url"] == f"ws://127.0.0.1:8099/ws/{info['documents'][0]}?token={info['tokens']['editor']}"
     assert info["http_url"] == "http://127.0.0.1:8099"
     second = json.loads(run_cli("demo", "--json", env=env).stdout)  # idempotent: same ids

@@ -169,3 +169,21 @@ async def test_stop_flushes_what_is_queued(env: Env) -> None:
     assert await wal.stop(5)
     rows = await env.pool.fetch("SELECT payload FROM document_updates WHERE document_id = $1", env.document_id)
     assert str(state_of(None, [r["payload"] for r in rows]).get("content", type=Text)) == expected
+
+
+async def test_stats_say_what_waits_and_for_how_long(env: Env) -> None:
+    wal = await started(WriteAhead(env.pool, 0.3, 1 << 20))  # a long window, so something waits
+    try:
+        assert wal.stats() == {"healthy": True, "last_error": None, "backlog_bytes": 0, "waiting_updates": 0,
+                               "lag_ms": 0.0}
+        updates, _ = keystrokes(3)
+        for update in updates:
+            assert wal.append(PendingUpdate(env.document_id, update))
+        await asyncio.sleep(0.1)  # inside the 0.3 s window: nothing can have been written yet
+        waiting = wal.stats()
+        assert waiting["waiting_updates"] == 3 and waiting["backlog_bytes"] == sum(map(len, updates))
+        assert float(waiting["lag_ms"]) >= 100  # type: ignore[arg-type]
+        assert await wal.flush(5)
+        assert wal.stats()["waiting_updates"] == 0 and wal.stats()["lag_ms"] == 0.0
+    finally:
+        await stop(wal)

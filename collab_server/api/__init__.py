@@ -9,7 +9,7 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _version
 
-from . import changes, comments, documents, presence, sync, versions, workspaces
+from . import changes, comments, documents, presence, stats, sync, versions, workspaces
 from .access import authorize_document
 from .errors import ApiError, error_response, exception_handlers
 from .openapi import Endpoint, openapi_endpoint
@@ -28,6 +28,7 @@ endpoints: list[Endpoint] = [
     *versions.endpoints,
     *comments.endpoints,
     *presence.endpoints,
+    *stats.endpoints,
 ]
 endpoints.append(openapi_endpoint(list(endpoints), VERSION))
 routes = _routes(endpoints)

@@ -37,6 +37,7 @@ from collab_server.storage.postgres import DocumentStore, PostgresStorage
 from collab_server.storage.wal import WriteAhead
 from collab_server.transport.websocket import STATE_KEY, Sockets
 
+from . import web
 from .metrics import Metrics
 
 log = logging.getLogger("collab.app")
@@ -107,7 +108,7 @@ async def build_context(settings: Settings, database_url: str, redis_url: str) -
     ctx = AppContext(
         settings, pool, redis, store, wal, hub, tokens, access, presence, process_id,
         AddressLimiter(settings.rate_connections_per_minute, burst=settings.rate_connections_burst), offloop,
-        counters, TrustedProxies(settings.trusted_proxies), revocation, bus,
+        counters, TrustedProxies(settings.trusted_proxies), revocation, bus, metrics.lag.summary,
     )
     return ctx, metrics
 
@@ -174,5 +175,6 @@ def create_app(settings: Settings, database_url: str, redis_url: str) -> Starlet
         Route("/readyz", readyz),
         Route("/metrics", metrics),
         *api.routes,
+        *web.routes,
     ]
     return Starlette(routes=routes, lifespan=lifespan, exception_handlers=api.exception_handlers)

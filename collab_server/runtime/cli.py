@@ -154,6 +154,9 @@ def _print_demo(info: dict[str, Any], settings: Settings, as_json: bool) -> None
     doc = info["documents"][0]
     click.echo(
         f"""
+Open the editor (signed in as the demo editor): {info['app_url']}
+The console: {info['console_url']}
+
 Demo workspace {info['workspace']}, documents:
   {chr(10).join('  ' + d for d in info['documents']).strip()}
 Connect a y-websocket client (tokens valid 7 days):
@@ -161,6 +164,7 @@ Connect a y-websocket client (tokens valid 7 days):
   editor   token: {tokens['editor']}
   viewer   token: {tokens['viewer']}
   outsider token: {tokens['outsider']}
+  admin    token: {tokens['admin']}
   e.g. {info['ws_url']}
 """
     )

@@ -16,6 +16,7 @@ USERS = {
     "editor": ("demo-editor", "editor@demo.collab.dev", "Demo Editor", "editor"),
     "viewer": ("demo-viewer", "viewer@demo.collab.dev", "Demo Viewer", "viewer"),
     "outsider": ("demo-outsider", "outsider@demo.collab.dev", "Demo Outsider", None),
+    "admin": ("demo-admin", "admin@demo.collab.dev", "Demo Admin", "admin"),  # the console's operator
 }
 DOCUMENTS = [
     ("Welcome", "markdown"),
@@ -41,6 +42,9 @@ class Demo:
         return {
             "ws_url": f"ws://{host}:{port}/ws/{self.documents[0]}?token={self.tokens['editor']}",
             "http_url": f"http://{host}:{port}",
+            # One click opens the first document in the page's editor, signed in as the demo editor.
+            "app_url": f"http://{host}:{port}/?token={self.tokens['editor']}#/d/{self.documents[0]}",
+            "console_url": f"http://{host}:{port}/console?token={self.tokens['admin']}",
             "workspace": str(self.workspace),
             "documents": [str(d) for d in self.documents],
             "tokens": self.tokens,

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import time
 from bisect import bisect_left
+from collections import deque
 from collections.abc import Callable
 
 from collab_server.core.connection import Connection
@@ -56,6 +57,7 @@ class LoopLag:
         self.counts = [0] * (len(LAG_BUCKETS) + 1)
         self.total = 0.0
         self.max = 0.0
+        self.recent: deque[float] = deque(maxlen=int(1 / LAG_PROBE_SECONDS))  # the last second's probes
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -71,6 +73,12 @@ class LoopLag:
         self.counts[bisect_left(LAG_BUCKETS, lag)] += 1
         self.total += lag
         self.max = max(self.max, lag)
+        self.recent.append(lag)
+
+    def summary(self) -> dict[str, float]:
+        """For the console: the last second's worst stall beside the all-time one, in milliseconds."""
+        return {"last_second_max_ms": round(max(self.recent, default=0.0) * 1000, 2),
+                "max_ms": round(self.max * 1000, 2)}
 
     async def _probe(self) -> None:
         while True:

@@ -50,6 +50,8 @@ class WriteAhead:
         self.counters = counters if counters is not None else Counters()
         self._on_committed: CommitListener | None = None
         self._pending: list[PendingUpdate] = []
+        self._pending_since = 0.0  # when the oldest update of _pending was appended
+        self._writing_since: float | None = None  # the same for the batch being written
         self._backlog_bytes = 0
         self._appended = 0
         self._committed = 0
@@ -83,11 +85,21 @@ class WriteAhead:
         if self._backlog_bytes + size > self._limit:
             self.counters.inc("collab_wal_refused_total")
             return False
+        if not self._pending:
+            self._pending_since = time.monotonic()
         self._pending.append(item)
         self._backlog_bytes += size
         self._appended += 1
         self._wake.set()
         return True
+
+    def stats(self) -> dict[str, object]:
+        """For the console: how much waits, and how long the oldest of it has (the lag a crash would lose)."""
+        oldest = self._writing_since if self._writing_since is not None else (
+            self._pending_since if self._pending else None)
+        return {"healthy": self.healthy, "last_error": self.last_error, "backlog_bytes": self._backlog_bytes,
+                "waiting_updates": self._appended - self._committed,
+                "lag_ms": round((time.monotonic() - oldest) * 1000, 1) if oldest is not None else 0.0}
 
     def has_room_for(self, size: int) -> bool:
         return self._backlog_bytes + size <= self._limit
@@ -115,7 +127,9 @@ class WriteAhead:
             if not self._pending:
                 continue
             batch, self._pending = self._pending, []
+            self._writing_since = self._pending_since
             await self._write_with_retry(batch)
+            self._writing_since = None
             self._backlog_bytes -= sum(len(p.payload) for p in batch)
             self._committed += len(batch)
             async with self._progress:
