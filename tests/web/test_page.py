@@ -40,6 +40,9 @@ async def test_two_editors_converge_see_each_others_cursors_and_a_viewer_changes
     # Each sees the other's caret, with the other's name.
     await expect(editor.locator(".collaboration-carets__label", has_text="Demo Admin")).to_be_visible()
     await expect(admin.locator(".collaboration-carets__label", has_text="Demo Editor")).to_be_visible()
+    for page in (editor, admin):  # drawn in the user's colour, not transparent
+        colour = await page.locator(".collaboration-carets__label").evaluate("e => getComputedStyle(e).backgroundColor")
+        assert colour.startswith("rgb(") and colour != "rgba(0, 0, 0, 0)", colour
     await expect(editor.locator("#presence")).to_contain_text("Demo Viewer")
 
     # The viewer: a badge, an editor that is not editable, and keystrokes that change nothing anywhere.

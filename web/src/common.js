@@ -41,9 +41,16 @@ export function el (tag, attrs = {}, ...children) {
   return node
 }
 
-// A caret colour per user: the hue from a hash of the id, dark enough for white label text.
+// A caret colour per user: a hue from a hash of the id, dark enough for white label text. Hex, because the
+// caret extension accepts only hex colours (anything else is drawn transparent).
 export function colourOf (key) {
   let h = 0
   for (const ch of String(key)) h = (h * 31 + ch.codePointAt(0)) >>> 0
-  return `hsl(${(h * 137.508) % 360}, 70%, 40%)`
+  const hue = (h * 137.508) % 360
+  const f = (n) => {
+    const k = (n + hue / 30) % 12
+    const v = 0.4 - 0.28 * Math.max(-1, Math.min(k - 3, 9 - k, 1)) // HSL with s = 0.7, l = 0.4
+    return Math.round(v * 255).toString(16).padStart(2, '0')
+  }
+  return `#${f(0)}${f(8)}${f(4)}`
 }
