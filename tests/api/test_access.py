@@ -13,10 +13,13 @@ from tests.test_auth import SECRET
 
 from .conftest import World, error_of
 
-# (method, path) -> who may: public | self (any authenticated user) | read | comment | write
+# (method, path) -> who may: public | self (any authenticated user) | manage (an owner or admin of some
+# workspace) | read | comment | write
 NEEDS = {
     ("GET", "/api/openapi.json"): "public",
     ("GET", "/api/workspaces"): "self",
+    ("GET", "/api/me"): "self",
+    ("GET", "/api/stats"): "manage",
     ("GET", "/api/workspaces/{workspace_id}/documents"): "read",
     ("POST", "/api/workspaces/{workspace_id}/documents"): "write",
     ("GET", "/api/workspaces/{workspace_id}/search"): "read",
@@ -78,7 +81,15 @@ async def check_route(
         assert response.status_code == 401, label
         assert error_of(response)["code"] == "unauthorized"
     if need == "self":
-        assert (await call("outsider")).json() == {"workspaces": []}
+        mine = (await call("outsider")).json()
+        assert mine in ({"workspaces": []}, {"user_id": str(world.demo.users["outsider"]),
+                                             "email": "outsider@demo.collab.dev", "name": "Demo Outsider"}), label
+        return
+    if need == "manage":
+        for role in ("outsider", "viewer", "commenter", "editor"):
+            response = await call(role)
+            assert response.status_code == 403 and error_of(response)["code"] == "forbidden", f"{label} as {role}"
+        assert (await call("admin")).status_code == 200, label
         return
     # Outsiders cannot tell an existing workspace/document from a missing one.
     hidden, missing = await call("outsider"), await call("editor", template.format(**elsewhere))
