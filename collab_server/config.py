@@ -223,6 +223,9 @@ class Settings:
     conversion_processes: int = field(
         default=1, metadata=_env("COLLAB_CONVERSION_PROCESSES", _parse_non_negative_int)
     )
+    feed_interval_seconds: float = field(
+        default=2.0, metadata=_env("COLLAB_FEED_INTERVAL_SECONDS", _parse_non_negative_float)
+    )
     write_backlog_bytes: int = field(
         default=64 * 1024 * 1024, metadata=_env("COLLAB_WRITE_BACKLOG_BYTES", _parse_positive_int)
     )

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import asyncpg
+import orjson
 import pytest
 from pycrdt import Doc, Text
 
@@ -16,6 +17,7 @@ from collab_server.storage import postgres as store_module
 from collab_server.storage.postgres import DocumentStore
 from collab_server.storage.wal import PendingUpdate, WriteAhead
 from collab_server.storage.ydoc import state_of
+from tests.waiting import eventually
 
 
 @dataclass
@@ -185,5 +187,34 @@ async def test_stats_say_what_waits_and_for_how_long(env: Env) -> None:
         assert float(waiting["lag_ms"]) >= 100  # type: ignore[arg-type]
         assert await wal.flush(5)
         assert wal.stats()["waiting_updates"] == 0 and wal.stats()["lag_ms"] == 0.0
+    finally:
+        await stop(wal)
+
+
+async def test_edits_reach_the_changes_feed_at_most_once_an_interval_and_a_last_time(env: Env) -> None:
+    """Desktop clients follow the feed: WebSocket edits must appear there within seconds, not at compaction."""
+
+    async def live_entries() -> list[asyncpg.Record]:
+        return await env.pool.fetch(
+            "SELECT changes FROM sync_log WHERE entity_id = $1 AND (changes->>'live')::boolean ORDER BY cursor",
+            env.document_id,
+        )
+
+    wal = await started(WriteAhead(env.pool, 0.005, 1 << 20, feed_interval=0.5))
+    try:
+        updates, _ = keystrokes(30)
+        assert wal.append(PendingUpdate(env.document_id, updates[0], device_id="d1"))
+        assert await wal.flush(5)
+        first = await live_entries()
+        assert len(first) == 1  # the first edit: an entry with its commit
+        for update in updates[1:20]:  # more edits inside the interval: held back ...
+            assert wal.append(PendingUpdate(env.document_id, update))
+            assert await wal.flush(5)
+        assert len(await live_entries()) == 1
+        # ... and written once the interval has passed, though nothing else was appended.
+        await eventually(live_entries, lambda rows: len(rows) == 2, timeout=5, what="the trailing entry")
+        rows = await live_entries()
+        changes = rows[1]["changes"]
+        assert (orjson.loads(changes) if isinstance(changes, str) else changes) == {"live": True, "updates": 19}
     finally:
         await stop(wal)

@@ -140,6 +140,9 @@ async def apply(ctx: AppContext, access: DocumentAccess, update: bytes, who: Cli
     await asyncio.sleep(0)
     if not await ctx.wal.flush(10.0):
         raise ApiError(503, "applied, but not yet written to the database; retry", headers={"Retry-After": "2"})
+    # An HTTP writer is a desktop client or a script, and the next one to sync must see this edit in the
+    # feed at once, not at the next live-entry interval.
+    await ctx.wal.announce(access.document_id)
     return vector
 
 

@@ -86,7 +86,8 @@ async def build_context(settings: Settings, database_url: str, redis_url: str) -
     if settings.auth == "off":
         await store.ensure_local_workspace()
     process_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-    wal = WriteAhead(pool, settings.commit_window_ms / 1000, settings.write_backlog_bytes, counters)
+    wal = WriteAhead(pool, settings.commit_window_ms / 1000, settings.write_backlog_bytes, counters,
+                     feed_interval=settings.feed_interval_seconds)
     access = AccessResolver(pool)
     metrics = Metrics(counters)
     presence = Presence(redis, settings, process_id)
