@@ -137,6 +137,27 @@ class ApiClient:
     async def content(self, document_id: str) -> str:
         return (await self.request("GET", f"/api/documents/{document_id}/content")).body.decode()
 
+    async def documents(self, workspace_id: str) -> list[dict[str, Any]]:
+        """Every live document of a workspace (all pages)."""
+        out: list[dict[str, Any]] = []
+        cursor: str | None = None
+        while True:
+            page = (await self.request("GET", f"/api/workspaces/{workspace_id}/documents",
+                                       query={"limit": 100, "cursor": cursor})).json()
+            out += page["documents"]
+            cursor = page["next_cursor"]
+            if cursor is None:
+                return out
+
+    async def document(self, document_id: str) -> dict[str, Any]:
+        return (await self.request("GET", f"/api/documents/{document_id}")).json()  # type: ignore[no-any-return]
+
+    async def update_document(self, document_id: str, **fields: Any) -> dict[str, Any]:
+        return (await self.request("PATCH", f"/api/documents/{document_id}", json=fields)).json()  # type: ignore[no-any-return]
+
+    async def delete_document(self, document_id: str) -> None:
+        await self.request("DELETE", f"/api/documents/{document_id}")
+
     async def create_document(self, workspace_id: str, title: str, content: str = "", **fields: Any) -> dict[str, Any]:
         response = await self.request(
             "POST", f"/api/workspaces/{workspace_id}/documents", json={"title": title, "content": content, **fields}

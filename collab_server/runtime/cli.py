@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import pathlib
 import re
+import socket
 import sys
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -227,3 +230,37 @@ def token(email: str, ttl: str) -> None:
     if user_id is None:
         _fail(f"no user with email {email}")
     click.echo(TokenVerifier(load_secret(settings)).mint(str(user_id), seconds))
+
+
+@main.command(name="sync")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=pathlib.Path))
+@click.option("--server", required=True, help="The server's HTTP address, e.g. http://127.0.0.1:8080.")
+@click.option("--workspace", required=True, help="The workspace id (GET /api/workspaces lists yours).")
+@click.option("--token", envvar="COLLAB_TOKEN", default=None, help="A token (or COLLAB_TOKEN); none in open mode.")
+@click.option("--once", is_flag=True, help="Sync both ways once and exit (default: keep watching).")
+def sync_cmd(directory: pathlib.Path, server: str, workspace: str, token: str | None, once: bool) -> None:
+    """Keep DIRECTORY's Markdown files in two-way sync with a workspace (offline first: edits merge)."""
+    from collab_server.client import ApiClient, ApiClientError
+    from collab_server.client.folder import RETRYABLE, FolderSync, SyncError
+
+    def report(message: str) -> None:
+        click.echo(f"{time.strftime('%H:%M:%S')} {message}")
+
+    api = ApiClient(server, token, device_name=f"sync {socket.gethostname()}")
+    try:
+        folder = FolderSync(directory, api, workspace, report)
+    except SyncError as exc:
+        _fail(str(exc))
+    try:
+        if once:
+            _run(folder.once)
+            report(f"synced {len(folder.files)} documents with {directory}")
+        else:
+            report(f"watching {directory} and workspace {workspace} (Ctrl-C stops)")
+            _run(folder.watch)
+    except KeyboardInterrupt:
+        pass
+    except ApiClientError as exc:
+        _fail(f"the server refused: {exc}")
+    except RETRYABLE as exc:
+        _fail(f"cannot reach {server}: {exc} (nothing is lost: run sync again)")
