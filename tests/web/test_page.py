@@ -146,9 +146,8 @@ async def test_documents_are_listed_created_renamed_and_deleted_and_comments_thr
     await expect(page.locator(".slide[data-slide='2']")).to_contain_text("Slide two")
 
     # Comments: one on the selection, a reply, resolved.
-    await page.locator(".ProseMirror p", has_text="Slide one").click()
-    await page.keyboard.press("End")
-    await page.keyboard.press("Shift+Home")  # selects the line
+    await page.locator(".ProseMirror p", has_text="Slide one").click(click_count=3)  # selects the paragraph
+    await page.wait_for_function("() => getSelection().toString().includes('Slide one')")
     await page.fill("#comment-text", "Is this the right opening?")
     await page.locator("#comment-add").click()
     thread = page.locator("#comments .thread", has_text="Is this the right opening?")
