@@ -39,7 +39,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +51,7 @@ from websockets.frames import Frame, Opcode
 
 from bench.crash_window import Server, prepare_database
 from collab_server.client import YClient
+from collab_server.client.tasks import first_of
 from collab_server.core.protocol import encode_sync_step1
 from collab_server.runtime.embedded import EmbeddedPostgres, EmbeddedRedis
 from collab_server.storage import db as dbmod
@@ -197,16 +198,6 @@ class Writer:
         if self.client is None:
             return set()
         return set(TAG.findall(str(self.client.doc.get("content", type=Text))))
-
-
-async def first_of(*waits: Awaitable[Any]) -> None:
-    tasks = [asyncio.ensure_future(w) for w in waits]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 @dataclass

@@ -33,6 +33,7 @@ from pycrdt import Doc, Text
 from collab_server.content.text import rewrite_text
 
 from .offline import ApiClient, ApiClientError, OfflineSync
+from .tasks import first_of
 
 STATE_NAME = ".collab-sync.json"
 STATE_VERSION = 1
@@ -136,6 +137,10 @@ class FolderSync:
         changed = await self.offline.pull()
         await self._remote(changed)
         await self.offline.push()
+        for document_id in sorted(self.offline.refused & set(self.files)):
+            self.report(f"{self.files[document_id].path}: your role may not edit this document; "
+                        "the edit stays in this folder only")
+        self.offline.refused.clear()
         # Only what this pass could have changed is converted to Markdown (the whole folder cost 0.8 s per
         # pass at 1,000 documents): pulled documents, and those never written.
         self._write_files(changed | {d for d, t in self.files.items() if t.seen is None})
@@ -355,12 +360,12 @@ class FolderSync:
                     delay = 1.0
                 except (*RETRYABLE, ApiClientError) as exc:
                     self.report(f"sync paused ({exc}); retrying in {delay:g} s — nothing is lost")
-                    await _first_of(stop.wait(), asyncio.sleep(delay))
+                    await first_of(stop.wait(), asyncio.sleep(delay))
                     delay = min(delay * 2, 30.0)
                     continue
                 async with done:
                     done.notify_all()
-                await _first_of(wake.wait(), stop.wait())
+                await first_of(wake.wait(), stop.wait())
         finally:
             stop.set()
             async with done:
@@ -369,12 +374,3 @@ class FolderSync:
                 task.cancel()
             await asyncio.gather(*helpers, return_exceptions=True)
 
-
-async def _first_of(*waits: Any) -> None:
-    tasks = [asyncio.ensure_future(w) for w in waits]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)

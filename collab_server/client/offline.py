@@ -175,6 +175,7 @@ class OfflineSync:
         self.docs: dict[str, Doc[Any]] = {}
         self.dirty: set[str] = set()  # edited locally, not yet pushed
         self.deleted: set[str] = set()  # tombstoned on the server
+        self.refused: set[str] = set()  # local edits the server refused (403: a viewer's), never pushed
         self._applying = False
         self._subscriptions: dict[str, Any] = {}
 
@@ -250,6 +251,10 @@ class OfflineSync:
                 server_vector = await self.api.state_vector(document_id)
                 await self.api.push_update(document_id, self.docs[document_id].get_update(server_vector))
             except ApiClientError as exc:
+                if exc.status == 403:  # this role may not edit it: the edit stays in the local copy only
+                    self.refused.add(document_id)
+                    self.dirty.discard(document_id)
+                    continue
                 if exc.status != 404:
                     raise
                 self.deleted.add(document_id)  # deleted meanwhile (or never existed): nothing to push to

@@ -224,3 +224,45 @@ async def test_the_command_syncs_once_and_refuses_another_workspaces_folder(worl
     assert (tmp_path / "notes" / "Welcome.md").exists()
     code, out = await run("--workspace", str(uuid.uuid4()), "--once")
     assert code == 2 and f"is synced with workspace {world.ws}" in out, out
+
+
+async def test_a_viewer_syncs_down_and_its_edits_stay_local(world: World, tmp_path: Path) -> None:
+    messages: list[str] = []
+    api = ApiClient(world.server.http, world.demo.tokens["viewer"])
+    viewer = FolderSync(tmp_path / "v", api, world.ws, messages.append)
+    await viewer.once()
+    (tmp_path / "v" / "Welcome.md").write_text("A viewer's edit.\n")
+    await viewer.once()
+    assert any("your role may not edit" in m for m in messages)
+    assert "viewer" not in await server_markdown(world, world.doc())
+    await world.api().put(f"/api/documents/{world.doc(1)}/content", content="Minutes by the editor.",
+                          headers={"Content-Type": "text/markdown"})
+
+    async def after_a_pass() -> str:
+        await viewer.once()
+        return (tmp_path / "v" / "Meeting notes.md").read_text()
+
+    await eventually(after_a_pass, lambda text: text == "Minutes by the editor.\n", timeout=10,
+                     what="the editor's change on the viewer's machine")
+
+
+async def test_watching_survives_the_server_going_away(world: World, tmp_path: Path) -> None:
+    proxy = await Proxy(world.server.port).start()
+    messages: list[str] = []
+    a = FolderSync(tmp_path / "a", ApiClient(f"http://127.0.0.1:{proxy.port}", world.demo.tokens["editor"]),
+                   world.ws, messages.append)
+    stop = asyncio.Event()
+    watcher = asyncio.create_task(a.watch(stop, feed_wait=2))
+    try:
+        await eventually(lambda: asyncio.sleep(0, a.passes), lambda n: n >= 1, timeout=20, what="the first pass")
+        await proxy.stop()
+        (tmp_path / "a" / "Welcome.md").write_text("Saved while the server was away.\n")
+        await eventually(lambda: asyncio.sleep(0, messages), lambda m: any("sync paused" in x for x in m),
+                         timeout=10, what="the pause")
+        await proxy.start()
+        await eventually(lambda: server_markdown(world, world.doc()),
+                         lambda md: md == "Saved while the server was away.", timeout=40, what="the edit, later")
+    finally:
+        stop.set()
+        await asyncio.wait_for(watcher, 10)
+        await proxy.stop()
