@@ -560,6 +560,11 @@ class Chaos:
                 else:
                     windows_up.append(killed_at - sent_at)
         converged = all(w.tags() == stored[w.room] for w in self.writers if w.resync)
+        divergent = [
+            {"writer": w.name, "live": w.live(), "missing": len(stored[w.room] - w.tags()),
+             "extra": len(w.tags() - stored[w.room]), "example": sorted(stored[w.room] ^ w.tags())[:3]}
+            for w in self.writers if w.resync and w.tags() != stored[w.room]
+        ]
         recovery = []
         for killed_at, node, _pg in self.kills:
             mine = [w for w in self.writers if w.node is node]
@@ -586,6 +591,7 @@ class Chaos:
             "lost_in_flight_to_a_dead_server": in_flight,
             "lost_without_a_kill": lost_without_kill,
             "reconnecting_writers_converged_with_storage": converged,
+            "divergent_writers": divergent,
             "settle_s": round(settle_s, 2),
             "memory_high_water_mib": {n.name: round(n.rss_max / 2**20, 1) for n in self.nodes},
             "kill_to_serving_s": {"p50": round(pct(serving, 0.5), 2), "max": round(max(serving, default=0), 2)},
@@ -620,7 +626,8 @@ def print_report(r: dict[str, Any]) -> None:
           f"{w['postgres_down']} ms when killed during an outage; {r['lost_in_flight_to_a_dead_server']} typed "
           f"after a kill before the writer noticed; {r['lost_without_a_kill']} lost without a kill")
     print(f"  reconnecting writers converged with storage: {r['reconnecting_writers_converged_with_storage']} "
-          f"(settled {r['settle_s']} s after the load stopped)")
+          f"(settled {r['settle_s']} s after the load stopped)"
+          + "".join(f"\n    {d}" for d in r["divergent_writers"]))
     print(f"  memory high-water: {r['memory_high_water_mib']} MiB")
     s, k = r["kill_to_serving_s"], r["kill_to_all_writers_synced_s"]
     print(f"  recovery: kill → serving p50 {s['p50']} s, max {s['max']} s ({r['failed_starts']} failed starts); "

@@ -536,7 +536,8 @@ async def type_then_compact(server: Any, db: asyncpg.Connection, name: str) -> t
     room = ctx.hub.get(document_id)
     await eventually(lambda: str(room.doc.get("content", type=Text)) == str(text), what="server has every keystroke")
     assert await ctx.wal.flush(5)
-    assert [r["op"] for r in await log_rows(db, document_id)] == ["create"], "with live entries off, keystrokes write no sync_log row"
+    rows = await log_rows(db, document_id)
+    assert [r["op"] for r in rows] == ["create"], "with live entries off, keystrokes write no sync_log row"
     payloads = await db.fetch("SELECT seq, payload FROM document_updates WHERE document_id = $1", document_id)
     assert 0 < len(payloads) <= 240  # the room may merge what arrived within one loop turn into one row
     result = await ctx.store.compact(document_id)
@@ -887,3 +888,43 @@ async def test_an_upgrade_while_postgres_is_down_is_a_503_in_json(
     finally:
         await asyncio.to_thread(private_pg.restart_same_port)
         await server.stop()
+
+
+async def test_a_process_killed_during_an_outage_loses_nothing_it_held(
+    private_pg: EmbeddedPostgres, private_db: str, spawn_server, tmp_path: Path  # type: ignore[no-untyped-def]
+) -> None:
+    """While PostgreSQL is down the write-ahead holds edits; they are on local disk too (the spill file),
+    so a kill -9 then loses none of them: the next start writes them."""
+    proc = spawn_server(DATABASE_URL=private_db)
+    name = "spill"
+    client = await YClient(f"{proc.ws_base}/{name}").connect()
+    text = client.doc.get("content", type=Text)
+    text.insert(0, "before the outage;")
+    conn = await dbmod.connect(private_db)
+    try:
+        await eventually(lambda: conn.fetchval("SELECT count(*) FROM document_updates"), lambda n: n > 0,
+                         what="the first edit in PostgreSQL")
+    finally:
+        await conn.close()
+    await asyncio.to_thread(private_pg.stop, "immediate")
+    for i in range(20):
+        text.insert(len(text), f"during the outage {i};")
+        await asyncio.sleep(0.01)
+    spill = tmp_path / "data" / "spill"
+
+    def held() -> int:
+        return sum(p.stat().st_size for p in spill.glob("*.spill"))
+
+    await eventually(lambda: asyncio.sleep(0, held()), lambda n: n > 20 * 15, what="the edits on local disk")
+    await asyncio.sleep(0.1)  # one more commit window for the last of them
+    proc.kill()
+    await client.wait_closed()
+    await asyncio.to_thread(private_pg.restart_same_port)
+    await asyncio.to_thread(proc.start)  # replays the dead process's spill file, then serves
+
+    fresh = await YClient(f"{proc.ws_base}/{name}").connect()  # a new Doc: it cannot resend anything
+    stored = str(fresh.doc.get("content", type=Text))
+    assert stored == "before the outage;" + "".join(f"during the outage {i};" for i in range(20)), stored
+    files = list(spill.glob("*.spill"))
+    assert len(files) == 1 and files[0].stat().st_size == 0  # the new process's own, empty; the old one gone
+    await fresh.close()

@@ -218,3 +218,28 @@ async def test_edits_reach_the_changes_feed_at_most_once_an_interval_and_a_last_
         assert (orjson.loads(changes) if isinstance(changes, str) else changes) == {"live": True, "updates": 19}
     finally:
         await stop(wal)
+
+
+def test_spill_records_round_trip_and_a_torn_tail_ends_the_replay(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from collab_server.storage.spill import Spill, decode, encode, orphans
+
+    updates = [PendingUpdate(uuid.uuid4(), b"\x01\x02" * 50, uuid.uuid4(), "laptop", "1.2.3"),
+               PendingUpdate(uuid.uuid4(), b"x", None, None, None)]
+    data = b"".join(encode(u) for u in updates)
+    assert list(decode(data)) == updates
+    assert list(decode(data[:-1])) == updates[:1]  # a crash mid-write: the whole records before it
+    corrupt = bytearray(data)
+    corrupt[12] ^= 0xFF
+    assert list(decode(bytes(corrupt))) == []
+
+    live = Spill(tmp_path, "live")
+    live.open()
+    live.append(updates)
+    dead = tmp_path / "dead.spill"
+    dead.write_bytes(data)
+    found = {path.name: records for path, records in orphans(tmp_path)}
+    assert found == {"dead.spill": updates}  # the live process's file is locked: not an orphan
+    live.clear()
+    assert live.path.stat().st_size == 0
+    live.close()
+    assert not live.path.exists()

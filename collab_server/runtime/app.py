@@ -10,6 +10,7 @@ import os
 import socket
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -34,7 +35,8 @@ from collab_server.storage import db, ydoc
 from collab_server.storage.migrate import migrate
 from collab_server.storage.offloop import OffLoop
 from collab_server.storage.postgres import DocumentStore, PostgresStorage
-from collab_server.storage.wal import WriteAhead
+from collab_server.storage.spill import Spill
+from collab_server.storage.wal import WriteAhead, replay_spills
 from collab_server.transport.websocket import STATE_KEY, Sockets
 
 from . import web
@@ -86,8 +88,11 @@ async def build_context(settings: Settings, database_url: str, redis_url: str) -
     if settings.auth == "off":
         await store.ensure_local_workspace()
     process_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    spill_dir = Path(settings.data_dir) / "spill"
+    if replayed := await replay_spills(pool, spill_dir):
+        log.warning("replayed %d updates a process held on disk while PostgreSQL was down", replayed)
     wal = WriteAhead(pool, settings.commit_window_ms / 1000, settings.write_backlog_bytes, counters,
-                     feed_interval=settings.feed_interval_seconds)
+                     feed_interval=settings.feed_interval_seconds, spill=Spill(spill_dir, process_id))
     access = AccessResolver(pool)
     metrics = Metrics(counters)
     presence = Presence(redis, settings, process_id)

@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -24,6 +25,7 @@ from collab_server.core.counters import Counters
 from collab_server.core.storage import CommitListener, PendingUpdate
 
 from .db import UNAVAILABLE_ERRORS
+from .spill import Spill, orphans
 
 log = logging.getLogger("collab.wal")
 
@@ -65,8 +67,10 @@ class WriteAhead:
         backlog_limit_bytes: int,
         counters: Counters | None = None,
         feed_interval: float = 0.0,
+        spill: Spill | None = None,
     ) -> None:
         self._pool = pool
+        self._spill = spill  # where updates wait on local disk while PostgreSQL is down
         self._feed_interval = feed_interval
         self._unlogged: dict[UUID, _Unlogged] = {}  # documents edited since their last live feed entry
         self._logged_at: dict[UUID, float] = {}
@@ -94,6 +98,8 @@ class WriteAhead:
         """`on_committed` hears every batch once it is durable (and only then: another process
         must never hold, and let its clients build on, an update that exists nowhere durable)."""
         self._on_committed = on_committed
+        if self._spill is not None:
+            self._spill.open()
         self._task = asyncio.create_task(self._run(), name="wal-writer")
 
     async def stop(self, timeout: float) -> bool:
@@ -103,6 +109,8 @@ class WriteAhead:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        if self._spill is not None:
+            self._spill.close()  # what it still holds (PostgreSQL down at shutdown) is replayed at the next start
         return flushed
 
     def append(self, item: PendingUpdate) -> bool:
@@ -175,6 +183,7 @@ class WriteAhead:
 
     async def _write_with_retry(self, batch: list[PendingUpdate]) -> None:
         delay = 0.05
+        spilled = 0  # how much of the batch is in the spill file
         while True:
             started = time.perf_counter()
             try:
@@ -185,7 +194,7 @@ class WriteAhead:
                 self.healthy = False
                 self.last_error = str(exc) or exc.__class__.__name__
                 self.counters.inc("collab_wal_retries_total")
-                await asyncio.sleep(delay)
+                spilled = await self._hold(batch, spilled, delay)
                 delay = min(delay * 2, 2.0)
                 continue
             except asyncpg.PostgresError as exc:
@@ -200,7 +209,33 @@ class WriteAhead:
             self.counters.inc("collab_wal_commits_total")
             self.counters.inc("collab_wal_updates_total", len(batch))
             self.counters.inc("collab_wal_commit_seconds_total", time.perf_counter() - started)
+            if spilled and self._spill is not None:
+                await asyncio.to_thread(self._spill.clear)
             return
+
+    async def _hold(self, batch: list[PendingUpdate], spilled: int, delay: float) -> int:
+        """Until the next attempt, keep every update that arrives durable in the spill file (one fsync per
+        commit window); they join the batch, so the attempt that succeeds commits them all."""
+        deadline = time.monotonic() + delay
+        while True:
+            if self._pending:
+                extra, self._pending = self._pending, []
+                self._count(extra)
+                batch.extend(extra)
+            if self._spill is not None and spilled < len(batch):
+                try:
+                    await asyncio.to_thread(self._spill.append, batch[spilled:])
+                    spilled = len(batch)
+                except OSError as exc:  # a full or read-only disk: they stay in memory, as before
+                    log.error("cannot spill %d updates to %s: %s", len(batch) - spilled, self._spill.path, exc)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return spilled
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), remaining)
+            if self._window:
+                await asyncio.sleep(self._window)
 
     async def _wait_for_work(self) -> None:
         if not self._unlogged:
@@ -288,3 +323,16 @@ class WriteAhead:
             except asyncpg.PostgresError as exc:
                 self.counters.inc("collab_wal_dropped_total")
                 log.error("dropping an update for document %s: %s", p.document_id, exc)
+
+
+async def replay_spills(pool: asyncpg.Pool, directory: Path) -> int:
+    """At start: write what processes that died during an outage held on disk; delete their files."""
+    replayed = 0
+    for path, records in orphans(directory):
+        if records:
+            await pool.execute(_INSERT, [r.document_id for r in records], [r.payload for r in records],
+                               [r.user_id for r in records], [r.device_id for r in records],
+                               [r.client_version for r in records])
+        path.unlink()
+        replayed += len(records)
+    return replayed
