@@ -4,6 +4,9 @@ import { Editor } from '@tiptap/core'
 import StarterKit from '@tiptap/starter-kit'
 import Collaboration from '@tiptap/extension-collaboration'
 import CollaborationCaret from '@tiptap/extension-collaboration-caret'
+import Image from '@tiptap/extension-image'
+import { TaskList, TaskItem } from '@tiptap/extension-list'
+import { TableKit } from '@tiptap/extension-table'
 import * as Y from 'yjs'
 import { WebsocketProvider } from 'y-websocket'
 import { api, ApiError, el, signedIn, takeTokenFromUrl, token, forgetToken, setToken, colourOf } from './common.js'
@@ -129,8 +132,12 @@ async function openDocument (id) {
     editor = new Editor({
       element: editorBox,
       editable: canEdit,
+      // Every node the server's content model writes (tables, images, task lists: the schema of
+      // tests/node/richtext.mjs). y-prosemirror deletes from the shared document any element the editor's
+      // schema cannot build, so a narrower schema here would erase other editors' tables.
       extensions: [
         StarterKit.configure({ undoRedo: false }),
+        Image, TaskList, TaskItem.configure({ nested: true }), TableKit,
         Collaboration.configure({ document: ydoc, field: 'default' }),
         CollaborationCaret.configure({ provider, user }),
       ],
