@@ -243,3 +243,41 @@ def test_spill_records_round_trip_and_a_torn_tail_ends_the_replay(tmp_path) -> N
     assert live.path.stat().st_size == 0
     live.close()
     assert not live.path.exists()
+
+
+async def test_a_feed_entry_that_cannot_be_written_costs_no_update(env: Env) -> None:
+    """The live entry shares the updates' transaction, in a savepoint: its failure must not fail them."""
+    await env.pool.execute("ALTER TABLE sync_log ADD CONSTRAINT no_live_entries "
+                           "CHECK (NOT coalesce((changes->>'live')::boolean, false)) NOT VALID")
+    wal = await started(WriteAhead(env.pool, 0.005, 1 << 20, feed_interval=0.2))
+    try:
+        updates, text = keystrokes(40)
+        for i, update in enumerate(updates):
+            assert wal.append(PendingUpdate(env.document_id, update))
+            if i % 10 == 9:
+                assert await wal.flush(5)
+                await asyncio.sleep(0.25)  # past the interval: every batch carries a (failing) entry
+        assert await wal.flush(5)
+        rows = await env.pool.fetch("SELECT payload FROM document_updates WHERE document_id = $1 ORDER BY seq",
+                                    env.document_id)
+        assert str(state_of(None, [r["payload"] for r in rows]).get("content", type=Text)) == text
+        assert wal.counters.get("collab_wal_dropped_total") == 0 and wal.healthy
+        assert wal.counters.get("collab_wal_retries_total") == 0  # no retry loop either
+    finally:
+        await stop(wal)
+
+
+async def test_an_update_whose_author_was_deleted_is_kept_without_an_author(env: Env) -> None:
+    wal = await started(WriteAhead(env.pool, 0.005, 1 << 20))
+    try:
+        updates, text = keystrokes(2)
+        assert wal.append(PendingUpdate(env.document_id, updates[0]))
+        assert wal.append(PendingUpdate(env.document_id, updates[1], user_id=uuid.uuid4()))  # no such user
+        assert await wal.flush(5)
+        rows = await env.pool.fetch("SELECT payload, user_id FROM document_updates WHERE document_id = $1 "
+                                    "ORDER BY seq", env.document_id)
+        assert [r["user_id"] for r in rows] == [None, None]
+        assert str(state_of(None, [r["payload"] for r in rows]).get("content", type=Text)) == text
+        assert wal.counters.get("collab_wal_dropped_total") == 0
+    finally:
+        await stop(wal)

@@ -73,16 +73,28 @@ class Spill:
         self.held = 0  # records in the file now
 
     def open(self) -> None:
+        """Created under a name no replay looks at, locked, then renamed into place: a process starting
+        meanwhile can never take a live process's new file for an orphan."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.path, "ab")  # held, and locked, for the process's lifetime
+        fresh = self.path.with_suffix(".new")
+        self._file = open(fresh, "ab")  # held, and locked, for the process's lifetime
         fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.replace(fresh, self.path)
 
     def append(self, updates: Sequence[PendingUpdate]) -> None:
-        """Durable on return (blocking: call it in a thread; write and fsync release the GIL)."""
+        """Durable on return (blocking: call it in a thread; write and fsync release the GIL). A failed
+        write (a full disk) is cut back off, so no torn record hides the ones after it."""
         assert self._file is not None
-        self._file.write(b"".join(encode(u) for u in updates))
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        start = self._file.tell()
+        try:
+            self._file.write(b"".join(encode(u) for u in updates))
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        except OSError:
+            with contextlib.suppress(OSError):
+                self._file.truncate(start)
+                self._file.seek(start)
+            raise
         self.held += len(updates)
 
     def clear(self) -> None:
@@ -104,15 +116,24 @@ class Spill:
 
 
 def orphans(directory: Path) -> Iterator[tuple[Path, list[PendingUpdate]]]:
-    """Spill files no live process holds, with their records; the caller deletes each once replayed."""
+    """Spill files no live process holds, with their records. Each stays locked until the caller asks for
+    the next one, so it replays and deletes it while no other starting process can."""
     if not directory.is_dir():
         return
     for path in sorted(directory.glob("*.spill")):
-        with open(path, "rb") as f:
+        try:
+            f = open(path, "rb")
+        except FileNotFoundError:
+            continue  # replayed by another process meanwhile
+        with f:
             try:
                 fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 continue  # a live process's own file
+            if not path.exists():
+                continue  # replayed and deleted just before we locked it
             records = list(decode(f.read()))
-        log.info("replaying %d updates a dead process held while PostgreSQL was down (%s)", len(records), path)
-        yield path, records
+            if records:
+                log.info("replaying %d updates a dead process held while PostgreSQL was down (%s)",
+                         len(records), path)
+            yield path, records

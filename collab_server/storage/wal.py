@@ -49,7 +49,7 @@ SELECT 'document', d.id, d.workspace_id, 'update', jsonb_build_object('live', tr
        u.user_id, u.device_id, u.client_version
 FROM unnest($1::uuid[], $2::int[], $3::uuid[], $4::text[], $5::text[])
      AS u(id, updates, user_id, device_id, client_version)
-JOIN documents d ON d.id = u.id
+JOIN documents d ON d.id = u.id AND NOT d.deleted
 """
 
 
@@ -57,6 +57,12 @@ JOIN documents d ON d.id = u.id
 class _Unlogged:
     updates: int
     last: PendingUpdate
+
+
+# One attempt's bound: a PostgreSQL that hangs (a partition, not a refusal) must not keep the batch out of
+# the spill file for the pool's 60 s command timeout. A commit that lands after the timeout is written again
+# by the retry: updates are idempotent.
+ATTEMPT_SECONDS = 5.0
 
 
 class WriteAhead:
@@ -81,6 +87,8 @@ class WriteAhead:
         self._pending: list[PendingUpdate] = []
         self._pending_since = 0.0  # when the oldest update of _pending was appended
         self._writing_since: float | None = None  # the same for the batch being written
+        self._inflight: list[PendingUpdate] = []  # the batch being written, and how much of it is spilled
+        self._inflight_spilled = 0
         self._backlog_bytes = 0
         self._appended = 0
         self._committed = 0
@@ -99,7 +107,11 @@ class WriteAhead:
         must never hold, and let its clients build on, an update that exists nowhere durable)."""
         self._on_committed = on_committed
         if self._spill is not None:
-            self._spill.open()
+            try:
+                self._spill.open()
+            except OSError as exc:  # e.g. a read-only data directory: run as before, memory only
+                log.warning("no spill file (%s): edits held during a PostgreSQL outage are in memory only", exc)
+                self._spill = None
         self._task = asyncio.create_task(self._run(), name="wal-writer")
 
     async def stop(self, timeout: float) -> bool:
@@ -110,7 +122,12 @@ class WriteAhead:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         if self._spill is not None:
-            self._spill.close()  # what it still holds (PostgreSQL down at shutdown) is replayed at the next start
+            # PostgreSQL down at shutdown: what is still held goes to disk, replayed by the next start.
+            unspilled = self._inflight[self._inflight_spilled:] + self._pending
+            if unspilled and not flushed:
+                with contextlib.suppress(OSError):
+                    self._spill.append(unspilled)
+            self._spill.close()
         return flushed
 
     def append(self, item: PendingUpdate) -> bool:
@@ -163,8 +180,9 @@ class WriteAhead:
             batch, self._pending = self._pending, []
             self._count(batch)
             self._writing_since = self._pending_since
+            self._inflight, self._inflight_spilled = batch, 0
             await self._write_with_retry(batch)
-            self._writing_since = None
+            self._inflight, self._writing_since = [], None
             self._backlog_bytes -= sum(len(p.payload) for p in batch)
             self._committed += len(batch)
             async with self._progress:
@@ -183,7 +201,6 @@ class WriteAhead:
 
     async def _write_with_retry(self, batch: list[PendingUpdate]) -> None:
         delay = 0.05
-        spilled = 0  # how much of the batch is in the spill file
         while True:
             started = time.perf_counter()
             try:
@@ -194,7 +211,7 @@ class WriteAhead:
                 self.healthy = False
                 self.last_error = str(exc) or exc.__class__.__name__
                 self.counters.inc("collab_wal_retries_total")
-                spilled = await self._hold(batch, spilled, delay)
+                await self._hold(batch, delay)
                 delay = min(delay * 2, 2.0)
                 continue
             except asyncpg.PostgresError as exc:
@@ -209,11 +226,14 @@ class WriteAhead:
             self.counters.inc("collab_wal_commits_total")
             self.counters.inc("collab_wal_updates_total", len(batch))
             self.counters.inc("collab_wal_commit_seconds_total", time.perf_counter() - started)
-            if spilled and self._spill is not None:
-                await asyncio.to_thread(self._spill.clear)
+            if self._inflight_spilled and self._spill is not None:
+                try:
+                    await asyncio.to_thread(self._spill.clear)
+                except OSError as exc:  # replayed twice at worst: updates are idempotent
+                    log.error("cannot empty %s: %s", self._spill.path, exc)
             return
 
-    async def _hold(self, batch: list[PendingUpdate], spilled: int, delay: float) -> int:
+    async def _hold(self, batch: list[PendingUpdate], delay: float) -> None:
         """Until the next attempt, keep every update that arrives durable in the spill file (one fsync per
         commit window); they join the batch, so the attempt that succeeds commits them all."""
         deadline = time.monotonic() + delay
@@ -222,15 +242,16 @@ class WriteAhead:
                 extra, self._pending = self._pending, []
                 self._count(extra)
                 batch.extend(extra)
+            spilled = self._inflight_spilled
             if self._spill is not None and spilled < len(batch):
                 try:
                     await asyncio.to_thread(self._spill.append, batch[spilled:])
-                    spilled = len(batch)
+                    self._inflight_spilled = len(batch)
                 except OSError as exc:  # a full or read-only disk: they stay in memory, as before
                     log.error("cannot spill %d updates to %s: %s", len(batch) - spilled, self._spill.path, exc)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                return spilled
+                return
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), remaining)
@@ -281,58 +302,75 @@ class WriteAhead:
         if document_id not in self._unlogged:
             return
         due = [document_id]
+        await self._write_entries(due)
+
+    async def _write_entries(self, due: list[UUID]) -> None:
+        entries = [self._unlogged[d] for d in due]
         try:
-            await self._pool.execute(_FEED_ENTRY, *self._feed_args(due))
-        except (*UNAVAILABLE_ERRORS, asyncpg.PostgresError) as exc:  # the writer writes it later
-            log.debug("live feed entry not written: %s", exc)
-            return
-        self._logged(due)
+            await asyncio.wait_for(self._pool.execute(_FEED_ENTRY, *self._feed_args(due)), ATTEMPT_SECONDS)
+        except (*UNAVAILABLE_ERRORS, asyncpg.PostgresError, TimeoutError) as exc:
+            log.debug("live feed entries not written (the next compaction writes one): %s", exc)
+        # Written or not, these are done: retrying at once would spin while PostgreSQL is away. Only what
+        # was counted before the write is marked (the writer may have counted more meanwhile).
+        for d, entry in zip(due, entries, strict=True):
+            if self._unlogged.get(d) is entry:
+                self._unlogged.pop(d)
+            self._logged_at[d] = time.monotonic()
 
     async def _log_due(self) -> None:
         due = self._due()
-        if not due:
-            return
-        try:
-            await self._pool.execute(_FEED_ENTRY, *self._feed_args(due))
-        except (*UNAVAILABLE_ERRORS, asyncpg.PostgresError) as exc:  # tried again at the next commit
-            log.debug("live feed entries not written: %s", exc)
-            return
-        self._logged(due)
+        if due:
+            await self._write_entries(due)
 
-    async def _write(self, batch: list[PendingUpdate]) -> None:
-        args = [
-            [p.document_id for p in batch],
-            [p.payload for p in batch],
-            [p.user_id for p in batch],
-            [p.device_id for p in batch],
-            [p.client_version for p in batch],
-        ]
-        due = self._due()
+    async def _write(self, batch: list[PendingUpdate], feed: bool = True) -> None:
+        args = _columns(batch)
+        due = self._due() if feed else []
         if not due:
-            await self._pool.execute(_INSERT, *args)
+            await asyncio.wait_for(self._pool.execute(_INSERT, *args), ATTEMPT_SECONDS)
             return
-        async with self._pool.acquire() as conn, conn.transaction():  # the entry commits with its updates
+        async with asyncio.timeout(ATTEMPT_SECONDS), self._pool.acquire() as conn, conn.transaction():
             await conn.execute(_INSERT, *args)
-            await conn.execute(_FEED_ENTRY, *self._feed_args(due))
-        self._logged(due)
+            try:  # in a savepoint: an entry that cannot be written never costs the updates their commit
+                async with conn.transaction():
+                    await conn.execute(_FEED_ENTRY, *self._feed_args(due))
+            except asyncpg.PostgresError as exc:
+                log.warning("live feed entries dropped (the next compaction writes one): %s", exc)
+        self._logged(due)  # written, or dropped: either way not retried in a loop
 
     async def _write_rows(self, batch: list[PendingUpdate]) -> None:
         for p in batch:
             try:
-                await self._write([p])
+                try:
+                    await self._write([p], feed=False)
+                except asyncpg.ForeignKeyViolationError:
+                    if p.user_id is None:
+                        raise
+                    # Its author was deleted meanwhile: the edit is kept, without an author.
+                    await self._write([PendingUpdate(p.document_id, p.payload, None, p.device_id,
+                                                     p.client_version)], feed=False)
             except asyncpg.PostgresError as exc:
                 self.counters.inc("collab_wal_dropped_total")
                 log.error("dropping an update for document %s: %s", p.document_id, exc)
 
 
+def _columns(batch: Sequence[PendingUpdate]) -> list[list[Any]]:
+    return [[p.document_id for p in batch], [p.payload for p in batch], [p.user_id for p in batch],
+            [p.device_id for p in batch], [p.client_version for p in batch]]
+
+
 async def replay_spills(pool: asyncpg.Pool, directory: Path) -> int:
-    """At start: write what processes that died during an outage held on disk; delete their files."""
+    """At start: write what processes that died during an outage held on disk, then delete their files
+    (each locked meanwhile). A row PostgreSQL refuses is logged and skipped: it must not stop a start."""
     replayed = 0
     for path, records in orphans(directory):
-        if records:
-            await pool.execute(_INSERT, [r.document_id for r in records], [r.payload for r in records],
-                               [r.user_id for r in records], [r.device_id for r in records],
-                               [r.client_version for r in records])
-        path.unlink()
+        try:
+            await pool.execute(_INSERT, *_columns(records))
+        except asyncpg.PostgresError:
+            for record in records:
+                try:
+                    await pool.execute(_INSERT, *_columns([record]))
+                except asyncpg.PostgresError as exc:
+                    log.error("a spilled update for document %s cannot be written: %s", record.document_id, exc)
+        path.unlink(missing_ok=True)
         replayed += len(records)
     return replayed
