@@ -51,7 +51,12 @@ class Stack:
 
     async def editor_page(self, role: str, document: str) -> Page:
         page = await self.page(role, f"#/d/{document}")
-        await page.wait_for_selector("#status[data-state=synced]", timeout=15000)
+        try:
+            await page.wait_for_selector("#status[data-state=synced]", timeout=15000)
+        except Exception as exc:
+            shown = await page.locator("body").inner_text()
+            raise AssertionError(
+                f"the editor never synced; browser errors: {self.errors}; page: {shown[:500]}") from exc
         return page
 
     async def shot(self, page: Page, name: str) -> Path:

@@ -229,3 +229,22 @@ async def test_tables_images_and_task_lists_survive_an_edit_in_the_page(stack: S
         assert part in stored, (part, stored)
     # The image points nowhere (deterministic on any machine, with or without DNS): its 404 is the only error.
     assert stack.errors == ["editor: Failed to load resource: the server responded with a status of 404 (Not Found)"]
+
+
+async def test_an_image_caption_cannot_run_script_in_the_slides(stack: Stack) -> None:
+    """The slides are built from the document's nodes, not by parsing HTML, and the page forbids inline script."""
+    doc = str(stack.demo.documents[3])  # a presentation
+    hostile = 'x<hr><img src=x onerror="window.pwned=1">'
+    source = f"Slide one\n\n---\n\n![{hostile}](/static/none.png)\n\nSlide two"
+    async with httpx.AsyncClient(base_url=stack.server.http, timeout=10) as client:
+        put = await client.put(f"/api/documents/{doc}/content", content=source, headers={
+            "Content-Type": "text/markdown", "Authorization": f"Bearer {stack.demo.tokens['editor']}"})
+        assert put.status_code == 200, put.text
+        page_response = await client.get("/")
+        assert "script-src 'self'" in page_response.headers["content-security-policy"]
+    page = await stack.editor_page("viewer", doc)
+    await expect(page.locator(".slide")).to_have_count(2)
+    await expect(page.locator(".slide[data-slide='2'] img")).to_have_count(1)
+    assert await page.locator(".slide[data-slide='2'] img").get_attribute("alt") == hostile
+    await page.wait_for_timeout(300)  # an onerror handler would have run by now (the image 404s at once)
+    assert await page.evaluate("window.pwned") is None

@@ -7,6 +7,7 @@ import CollaborationCaret from '@tiptap/extension-collaboration-caret'
 import Image from '@tiptap/extension-image'
 import { TaskList, TaskItem } from '@tiptap/extension-list'
 import { TableKit } from '@tiptap/extension-table'
+import { DOMSerializer, Fragment } from '@tiptap/pm/model'
 import * as Y from 'yjs'
 import { WebsocketProvider } from 'y-websocket'
 import { api, ApiError, el, signedIn, takeTokenFromUrl, token, forgetToken, setToken, colourOf } from './common.js'
@@ -18,6 +19,7 @@ const TYPES = ['markdown', 'presentation', 'mindmap', 'mixed']
 const main = document.getElementById('main')
 let me = null
 let view = null // the open document's teardown
+let generation = 0 // a newer navigation supersedes a document still opening
 
 takeTokenFromUrl()
 document.getElementById('signout').addEventListener('click', () => { forgetToken(); me = null; route() })
@@ -25,6 +27,7 @@ window.addEventListener('hashchange', route)
 route()
 
 async function route () {
+  const mine = ++generation
   if (view) {
     try { view() } catch (err) { console.warn('closing the document:', err) }
     view = null
@@ -35,8 +38,11 @@ async function route () {
     document.getElementById('who').textContent = me.name
     document.getElementById('signout').hidden = !signedIn()
     const match = location.hash.match(/^#\/d\/([0-9a-f-]{36})$/)
-    if (match) view = await openDocument(match[1])
-    else await home()
+    if (match) {
+      const opened = await openDocument(match[1])
+      if (mine === generation) view = opened
+      else opened() // navigated away while it opened: close it at once
+    } else await home()
   } catch (err) {
     if (err instanceof ApiError && err.status === 401) return signIn(err.message)
     main.append(el('p', { class: 'error' }, String(err.message || err)))
@@ -122,7 +128,8 @@ async function openDocument (id) {
   const editorBox = el('div', { class: 'editor', id: 'editor' })
   const extra = el('div', { id: 'extra' })
   const side = el('aside', {})
-  main.append(bar, el('div', { class: 'docview' }, el('div', {}, editorBox, extra), side))
+  const root = el('div', {}, bar, el('div', { class: 'docview' }, el('div', {}, editorBox, extra), side))
+  main.append(root)
 
   let editor = null
   const cleanups = []
@@ -178,17 +185,24 @@ async function openDocument (id) {
   })
   const ticker = setInterval(paint, 1000)
 
-  side.append(presencePanel(provider), await versionsPanel(id, canEdit), await commentsPanel(id, canComment, () => editor))
-  // Versions and comments others add: read again every few seconds (an event each section listens to).
-  const poll = setInterval(() => { for (const section of side.children) section.dispatchEvent(new Event('refresh')) }, 3000)
-
-  return () => {
+  let poll = null
+  const close = () => {
     clearInterval(ticker); clearInterval(poll)
     cleanups.forEach((f) => f())
     provider.destroy() // first: its last awareness change must reach a live editor
     editor?.destroy()
     ydoc.destroy()
+    root.remove()
   }
+  try {
+    side.append(presencePanel(provider), await versionsPanel(id, canEdit), await commentsPanel(id, canComment, () => editor))
+  } catch (err) {
+    close() // no socket left behind by a page that failed to open
+    throw err
+  }
+  // Versions and comments others add: read again every few seconds (an event each section listens to).
+  poll = setInterval(() => { for (const section of side.children) section.dispatchEvent(new Event('refresh')) }, 3000)
+  return close
 }
 
 function presencePanel (provider) {
@@ -196,7 +210,8 @@ function presencePanel (provider) {
   const render = () => {
     const people = [...provider.awareness.getStates().entries()].filter(([, s]) => s.user)
     list.replaceChildren(...people.map(([clientId, s]) => el('li', {},
-      el('span', { class: 'dot', style: `background:${s.user.color || '#888'}` }), s.user.name || 'anonymous',
+      el('span', { class: 'dot', style: `background:${/^#[0-9a-fA-F]{6}$/.test(s.user.color) ? s.user.color : '#888'}` }),
+      String(s.user.name || 'anonymous'),
       clientId === provider.awareness.clientID ? el('span', { class: 'muted' }, ' (you)') : '')))
   }
   provider.awareness.on('change', render)
@@ -277,12 +292,16 @@ async function commentsPanel (id, canComment, editorOf) {
   return section
 }
 
-// A presentation: the slides between horizontal rules, rendered read-only under the editor.
+// A presentation: the slides between horizontal rules, rendered read-only under the editor. Built as DOM
+// nodes by ProseMirror's serializer from the document's nodes: no HTML string is parsed (an attribute such
+// as an image's alt text could otherwise smuggle markup in).
 function slides (editor, box) {
-  const html = editor.getHTML().split(/<hr\s*\/?>/)
-  box.replaceChildren(el('h3', {}, `Slides (${html.length})`), ...html.map((part, i) => {
+  const serializer = DOMSerializer.fromSchema(editor.schema)
+  const parts = [[]]
+  editor.state.doc.forEach((node) => { node.type.name === 'horizontalRule' ? parts.push([]) : parts.at(-1).push(node) })
+  box.replaceChildren(el('h3', {}, `Slides (${parts.length})`), ...parts.map((nodes, i) => {
     const slide = el('div', { class: 'slide', 'data-slide': i + 1 })
-    slide.innerHTML = part // Tiptap's own serialisation of its schema: no raw HTML from the document
+    slide.append(serializer.serializeFragment(Fragment.fromArray(nodes)))
     return slide
   }))
 }
