@@ -98,6 +98,7 @@ class FolderSync:
         self.offline = OfflineSync(api, self.workspace_id)
         self.started = False  # a first sync has completed its initial download
         self.passes = 0
+        self._refusals: set[str] = set()  # what this role may not do, reported once
         self._load()
 
     @property
@@ -190,6 +191,10 @@ class FolderSync:
 
     async def _local(self) -> bool:
         """Apply the folder's changes; True when there were any."""
+        for document_id, t in self.files.items():  # created by an interrupted pass but never fetched
+            if t.base is None and t.seen is not None:
+                await self.offline.fetch(document_id)
+                t.base = self.offline.markdown(document_id, t.type)
         local = self._scan()
         before = (len(self.files), len(self.offline.dirty), len(self.offline.deleted))
         owner = {t.path: d for d, t in self.files.items()}
@@ -207,14 +212,15 @@ class FolderSync:
                 t.seen, edited = text, True
                 continue
             current = self.offline.markdown(document_id, t.type)
-            merged = t.base is not None and current != t.base  # news from the server not yet in the file
-            if merged:
-                text = merge_text(t.base or "", text, current)
-            self.offline.set_markdown(document_id, text, t.type)
+            if t.base is not None and current != t.base:  # news from the server not yet in the file
+                self.offline.set_markdown(document_id, merge_text(t.base, text, current), t.type)
+                # The file still holds `text`: as its base, the next merge (if this pass cannot rewrite the
+                # file because it is edited again meanwhile) starts from what it really holds.
+                t.seen = t.base = text
+            else:
+                self.offline.set_markdown(document_id, text, t.type)
+                t.seen, t.base = text, self.offline.markdown(document_id, t.type)
             edited = True
-            t.seen, t.base = text, self.offline.markdown(document_id, t.type)
-            if merged:
-                t.seen = None  # the file must show the merge: rewritten this pass
             self.report(f"edited {t.path}")
         for document_id in missing:
             t = self.files[document_id]
@@ -223,25 +229,43 @@ class FolderSync:
             if renamed is not None:
                 del untracked[renamed]
                 title = Path(renamed).stem
-                if title != t.title:
-                    await self.api.update_document(document_id, title=title)
+                if title != t.title and not await self._refusable(
+                        self.api.update_document(document_id, title=title), f"rename {t.path}"):
+                    continue
                 self.report(f"renamed {t.path} → {renamed}")
                 t.path, t.title = renamed, title
+                self.save()
                 continue
-            with contextlib.suppress(ApiClientError):  # already gone is gone
+            try:
                 await self.api.delete_document(document_id)
+            except ApiClientError as exc:
+                if exc.status == 403:
+                    self._refused(f"delete {t.path}")
+                    continue
+                if exc.status != 404:  # already gone is gone
+                    raise
             del self.files[document_id]
             self.offline.deleted.add(document_id)
+            self.offline.dirty.discard(document_id)
+            self.save()
             self.report(f"deleted {t.path} (the document is in the workspace's trash)")
         for rel, path in sorted(untracked.items()):
             text = self._read(rel, path)
             if text is None:
                 continue
-            made = await self.api.create_document(self.workspace_id, Path(rel).stem, text)
+            try:
+                made = await self.api.create_document(self.workspace_id, Path(rel).stem, text)
+            except ApiClientError as exc:
+                if exc.status != 403:
+                    raise
+                self._refused(f"create a document from {rel}")
+                continue
             document_id = str(made["id"])
+            # Tracked and saved at once: a pass interrupted from here on must not create it twice.
+            self.files[document_id] = Tracked(rel, made["title"], made["type"], text, None)
+            self.save()
             await self.offline.fetch(document_id)
-            self.files[document_id] = Tracked(rel, made["title"], made["type"], text,
-                                               self.offline.markdown(document_id, made["type"]))
+            self.files[document_id].base = self.offline.markdown(document_id, made["type"])
             self.report(f"created {made['title']} from {rel}")
         return edited or before != (len(self.files), len(self.offline.dirty), len(self.offline.deleted))
 
@@ -270,13 +294,31 @@ class FolderSync:
                 self.report(f"renamed {t.path} → {path} (retitled on the server)")
                 t.path, t.title = path, meta["title"]
 
+    async def _refusable(self, call: Any, what: str) -> bool:
+        """Run an API call; a 403 (this role may not) is reported once and is not an error."""
+        try:
+            await call
+        except ApiClientError as exc:
+            if exc.status != 403:
+                raise
+            self._refused(what)
+            return False
+        return True
+
+    def _refused(self, what: str) -> None:
+        if what not in self._refusals:
+            self._refusals.add(what)
+            self.report(f"your role may not {what}; it stays in this folder only")
+
     def _deleted_on_server(self, document_id: str) -> None:
         t = self.files.pop(document_id, None)
         if t is None:
             return
         path = self.root / t.path
         text = self._read(t.path, path, quiet=True)
-        if text is not None and text != t.seen:
+        unsent = document_id in self.offline.dirty  # edited here this pass, not pushed: never throw it away
+        self.offline.dirty.discard(document_id)
+        if text is not None and (text != t.seen or unsent):
             self.report(f"kept {t.path}: edited here after it was deleted on the server; it becomes a new document")
             return
         with contextlib.suppress(FileNotFoundError):

@@ -235,7 +235,12 @@ class OfflineSync:
             if not page["has_more"]:
                 break
         for document_id in sorted(changed - self.deleted):
-            await self.fetch(document_id)
+            try:
+                await self.fetch(document_id)
+            except ApiClientError as exc:
+                if exc.status != 404:
+                    raise
+                self.deleted.add(document_id)  # deleted after the entry that named it
         return changed
 
     async def fetch(self, document_id: str) -> None:

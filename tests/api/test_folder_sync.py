@@ -266,3 +266,41 @@ async def test_watching_survives_the_server_going_away(world: World, tmp_path: P
         stop.set()
         await asyncio.wait_for(watcher, 10)
         await proxy.stop()
+
+
+async def test_an_edit_made_here_survives_a_deletion_there(world: World, tmp_path: Path) -> None:
+    messages: list[str] = []
+    a = folder(world, tmp_path / "a", messages)
+    await a.once()
+    (tmp_path / "a" / "Welcome.md").write_text("Edited offline while someone deleted it.\n")
+    await world.api().delete(f"/api/documents/{world.doc()}")
+    await a.once()  # applies the edit, then hears of the deletion: the file stays
+    assert (tmp_path / "a" / "Welcome.md").read_text() == "Edited offline while someone deleted it.\n"
+    assert any("kept Welcome.md" in m for m in messages)
+    await a.once()  # and becomes a new document
+    listing = (await world.api().get(f"/api/workspaces/{world.ws}/documents")).json()["documents"]
+    revived = [d for d in listing if d["title"] == "Welcome"]
+    assert len(revived) == 1 and revived[0]["id"] != world.doc()
+    assert await server_markdown(world, revived[0]["id"]) == "Edited offline while someone deleted it."
+
+
+async def test_a_viewer_adding_and_renaming_files_is_told_once_and_still_syncs_down(
+    world: World, tmp_path: Path
+) -> None:
+    messages: list[str] = []
+    viewer = FolderSync(tmp_path / "v", ApiClient(world.server.http, world.demo.tokens["viewer"]), world.ws,
+                        messages.append)
+    await viewer.once()
+    (tmp_path / "v" / "Mine.md").write_text("a viewer's own note\n")
+    (tmp_path / "v" / "Roadmap.md").rename(tmp_path / "v" / "Road.md")
+    await viewer.once()
+    await viewer.once()
+    assert sum("may not create a document from Mine.md" in m for m in messages) == 1
+    await world.api().put(f"/api/documents/{world.doc(1)}/content", content="News for the viewer.",
+                          headers={"Content-Type": "text/markdown"})
+
+    async def after_a_pass() -> str:
+        await viewer.once()
+        return (tmp_path / "v" / "Meeting notes.md").read_text()
+
+    await eventually(after_a_pass, lambda text: text == "News for the viewer.\n", timeout=10, what="news")
