@@ -45,7 +45,6 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-import websockets
 from pycrdt import Doc, Text
 from websockets.frames import Frame, Opcode
 
@@ -146,6 +145,7 @@ class Writer:
     sent: dict[str, tuple[float, int]] = field(default_factory=dict)  # tag -> (when, incarnation; 0 = offline)
     lags: list[float] = field(default_factory=list)
     synced_at: list[float] = field(default_factory=list)
+    connect_errors: dict[str, int] = field(default_factory=dict)
 
     def live(self) -> bool:
         c = self.client
@@ -166,7 +166,9 @@ class Writer:
                     self.client = client
             try:
                 await client.connect(timeout=5)
-            except (OSError, TimeoutError, ConnectionError, websockets.WebSocketException):
+            except Exception as exc:  # whatever a dying server makes the handshake raise: try again
+                kind = type(exc).__name__
+                self.connect_errors[kind] = self.connect_errors.get(kind, 0) + 1
                 if client.ws is not None and not client.closed.is_set():
                     client.abort()  # open but never synced: drop it and try again
                     await client.wait_closed()
@@ -592,6 +594,8 @@ class Chaos:
             "lost_without_a_kill": lost_without_kill,
             "reconnecting_writers_converged_with_storage": converged,
             "divergent_writers": divergent,
+            "reconnect_errors": {k: sum(w.connect_errors.get(k, 0) for w in self.writers)
+                                 for k in sorted({k for w in self.writers for k in w.connect_errors})},
             "settle_s": round(settle_s, 2),
             "memory_high_water_mib": {n.name: round(n.rss_max / 2**20, 1) for n in self.nodes},
             "kill_to_serving_s": {"p50": round(pct(serving, 0.5), 2), "max": round(max(serving, default=0), 2)},
