@@ -281,3 +281,18 @@ async def test_an_update_whose_author_was_deleted_is_kept_without_an_author(env:
         assert wal.counters.get("collab_wal_dropped_total") == 0
     finally:
         await stop(wal)
+
+
+async def test_what_an_outage_holds_is_on_disk_and_a_stop_leaves_it_there(env: Env, db_url: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from collab_server.storage.spill import Spill, decode
+
+    pool = await dbmod.create_pool(db_url)
+    spill = Spill(tmp_path / "spill", "p1")
+    wal = await started(WriteAhead(pool, 0.005, 1 << 20, spill=spill))
+    await pool.close()  # as good as PostgreSQL gone: every attempt fails as unavailable
+    updates, _ = keystrokes(5)
+    for update in updates:
+        assert wal.append(PendingUpdate(env.document_id, update))
+    await eventually(lambda: asyncio.sleep(0, not wal.healthy), bool, what="the outage noticed")
+    assert not await wal.stop(0.3)  # not flushed: PostgreSQL is away
+    assert [u.payload for u in decode(spill.path.read_bytes())] == updates  # kept for the next start

@@ -196,11 +196,10 @@ class FolderSync:
                 await self.offline.fetch(document_id)
                 t.base = self.offline.markdown(document_id, t.type)
         local = self._scan()
-        before = (len(self.files), len(self.offline.dirty), len(self.offline.deleted))
         owner = {t.path: d for d, t in self.files.items()}
         untracked = {rel: path for rel, path in local.items() if rel not in owner}
         missing = [d for d, t in self.files.items() if t.seen is not None and t.path not in local]
-        edited = bool(missing)
+        edited = False  # content edits; renames, deletions and creations save as they happen
         for document_id, t in self.files.items():
             if t.path not in local or t.seen is None:
                 continue
@@ -229,21 +228,15 @@ class FolderSync:
             if renamed is not None:
                 del untracked[renamed]
                 title = Path(renamed).stem
-                if title != t.title and not await self._refusable(
-                        self.api.update_document(document_id, title=title), f"rename {t.path}"):
+                if title != t.title and not (await self._try(
+                        self.api.update_document(document_id, title=title), f"rename {t.path}"))[0]:
                     continue
                 self.report(f"renamed {t.path} → {renamed}")
                 t.path, t.title = renamed, title
                 self.save()
                 continue
-            try:
-                await self.api.delete_document(document_id)
-            except ApiClientError as exc:
-                if exc.status == 403:
-                    self._refused(f"delete {t.path}")
-                    continue
-                if exc.status != 404:  # already gone is gone
-                    raise
+            if not (await self._try(self.api.delete_document(document_id), f"delete {t.path}", gone_ok=True))[0]:
+                continue
             del self.files[document_id]
             self.offline.deleted.add(document_id)
             self.offline.dirty.discard(document_id)
@@ -253,12 +246,9 @@ class FolderSync:
             text = self._read(rel, path)
             if text is None:
                 continue
-            try:
-                made = await self.api.create_document(self.workspace_id, Path(rel).stem, text)
-            except ApiClientError as exc:
-                if exc.status != 403:
-                    raise
-                self._refused(f"create a document from {rel}")
+            allowed, made = await self._try(self.api.create_document(self.workspace_id, Path(rel).stem, text),
+                                            f"create a document from {rel}")
+            if not allowed:
                 continue
             document_id = str(made["id"])
             # Tracked and saved at once: a pass interrupted from here on must not create it twice.
@@ -267,7 +257,7 @@ class FolderSync:
             await self.offline.fetch(document_id)
             self.files[document_id].base = self.offline.markdown(document_id, made["type"])
             self.report(f"created {made['title']} from {rel}")
-        return edited or before != (len(self.files), len(self.offline.dirty), len(self.offline.deleted))
+        return edited
 
     async def _remote(self, changed: set[str]) -> None:
         for document_id in sorted(changed):
@@ -294,16 +284,18 @@ class FolderSync:
                 self.report(f"renamed {t.path} → {path} (retitled on the server)")
                 t.path, t.title = path, meta["title"]
 
-    async def _refusable(self, call: Any, what: str) -> bool:
-        """Run an API call; a 403 (this role may not) is reported once and is not an error."""
+    async def _try(self, call: Any, what: str, gone_ok: bool = False) -> tuple[bool, Any]:
+        """(done, result) of an API call. A 403 (this role may not) is reported once and is not an error;
+        with `gone_ok` a 404 counts as done (deleting what is already gone)."""
         try:
-            await call
+            return True, await call
         except ApiClientError as exc:
-            if exc.status != 403:
-                raise
-            self._refused(what)
-            return False
-        return True
+            if exc.status == 403:
+                self._refused(what)
+                return False, None
+            if gone_ok and exc.status == 404:
+                return True, None
+            raise
 
     def _refused(self, what: str) -> None:
         if what not in self._refusals:

@@ -286,36 +286,33 @@ class WriteAhead:
             self._logged_at = {d: t for d, t in self._logged_at.items() if t > horizon or d in self._unlogged}
         return [d for d in self._unlogged if self._logged_at.get(d, 0.0) <= horizon]
 
-    def _feed_args(self, due: list[UUID]) -> list[list[Any]]:
-        entries = [self._unlogged[d] for d in due]
-        return [due, [e.updates for e in entries], [e.last.user_id for e in entries],
+    @staticmethod
+    def _feed_args(entries: list[_Unlogged]) -> list[list[Any]]:
+        return [[e.last.document_id for e in entries], [e.updates for e in entries], [e.last.user_id for e in entries],
                 [e.last.device_id for e in entries], [e.last.client_version for e in entries]]
 
-    def _logged(self, due: list[UUID]) -> None:
+    def _logged(self, due: list[UUID], entries: list[_Unlogged]) -> None:
+        """Written or dropped, these are done. Only what was counted before the write is marked: the writer
+        may have counted more meanwhile (an HTTP `announce` runs beside it)."""
         now = time.monotonic()
-        for d in due:
-            self._unlogged.pop(d, None)
+        for d, entry in zip(due, entries, strict=True):
+            if self._unlogged.get(d) is entry:
+                del self._unlogged[d]
             self._logged_at[d] = now
 
     async def announce(self, document_id: UUID) -> None:
         """Write the document's live feed entry now if its committed edits have none yet (HTTP writes)."""
         if document_id not in self._unlogged:
             return
-        due = [document_id]
-        await self._write_entries(due)
+        await self._write_entries([document_id])
 
     async def _write_entries(self, due: list[UUID]) -> None:
         entries = [self._unlogged[d] for d in due]
         try:
-            await asyncio.wait_for(self._pool.execute(_FEED_ENTRY, *self._feed_args(due)), ATTEMPT_SECONDS)
+            await asyncio.wait_for(self._pool.execute(_FEED_ENTRY, *self._feed_args(entries)), ATTEMPT_SECONDS)
         except (*UNAVAILABLE_ERRORS, asyncpg.PostgresError, TimeoutError) as exc:
             log.debug("live feed entries not written (the next compaction writes one): %s", exc)
-        # Written or not, these are done: retrying at once would spin while PostgreSQL is away. Only what
-        # was counted before the write is marked (the writer may have counted more meanwhile).
-        for d, entry in zip(due, entries, strict=True):
-            if self._unlogged.get(d) is entry:
-                self._unlogged.pop(d)
-            self._logged_at[d] = time.monotonic()
+        self._logged(due, entries)  # not retried at once either: that would spin while PostgreSQL is away
 
     async def _log_due(self) -> None:
         due = self._due()
@@ -328,14 +325,15 @@ class WriteAhead:
         if not due:
             await asyncio.wait_for(self._pool.execute(_INSERT, *args), ATTEMPT_SECONDS)
             return
+        entries = [self._unlogged[d] for d in due]
         async with asyncio.timeout(ATTEMPT_SECONDS), self._pool.acquire() as conn, conn.transaction():
             await conn.execute(_INSERT, *args)
             try:  # in a savepoint: an entry that cannot be written never costs the updates their commit
                 async with conn.transaction():
-                    await conn.execute(_FEED_ENTRY, *self._feed_args(due))
+                    await conn.execute(_FEED_ENTRY, *self._feed_args(entries))
             except asyncpg.PostgresError as exc:
                 log.warning("live feed entries dropped (the next compaction writes one): %s", exc)
-        self._logged(due)  # written, or dropped: either way not retried in a loop
+        self._logged(due, entries)
 
     async def _write_rows(self, batch: list[PendingUpdate]) -> None:
         for p in batch:
