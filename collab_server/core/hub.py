@@ -115,8 +115,7 @@ class Hub:
     # -- joining and leaving -----------------------------------------------------------------
 
     def refusal(self, document_id: UUID) -> RoomUnavailable | None:
-        """Why `join` would refuse this document now, if it would: asked before work that a refusal
-        would waste (open mode creating a document row for a room that cannot be opened)."""
+        """Why `join` would refuse this document now, if it would: asked before loading anything."""
         if self.closing:
             return RoomUnavailable(CloseCode.GOING_AWAY, "server is shutting down")
         if self.connections >= self.config.max_connections:

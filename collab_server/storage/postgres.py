@@ -55,14 +55,31 @@ class DocumentStore:
         self.fields = rich_fields(rich_text_field)
         self.version_interval = version_interval_seconds
         self._ensured: set[UUID] = set()  # open-mode documents known to exist (saves a round trip)
+        self._expected: dict[UUID, str] = {}  # open-mode rooms asked for: `load` creates them if missing
 
     async def load(self, document_id: UUID) -> LoadedDocument | None:
         """The document's full state, or None when it does not exist or is deleted.
 
         One statement, so the row and its pending updates come from one snapshot (a
         compaction committing in between can neither hide rows nor double them) in one
-        round trip."""
-        row = await self.pool.fetchrow(
+        round trip; an open-mode document asked for but missing costs two more, once."""
+        row = await self._load_row(document_id)
+        name = self._expected.pop(document_id, None)
+        if row is None and name is not None:  # an open-mode room's first use: create it, then read it
+            await self.ensure_open_document(name)
+            row = await self._load_row(document_id)
+        if row is None or row["gone"]:
+            return None
+        updates = row["updates"]
+        parts = [row["yjs_state"], *updates] if row["yjs_state"] else list(updates)
+        if len(parts) > 1:
+            state = await asyncio.to_thread(merge_updates, *parts)
+        else:
+            state = parts[0] if parts else b""
+        return LoadedDocument(document_id, row["workspace_id"], row["type"], state, len(updates))
+
+    async def _load_row(self, document_id: UUID) -> asyncpg.Record | None:
+        return await self.pool.fetchrow(
             """
             SELECT d.workspace_id, d.type::text AS type, d.yjs_state,
                    d.deleted OR w.deleted_at IS NOT NULL AS gone,
@@ -73,15 +90,6 @@ class DocumentStore:
             """,
             document_id,
         )
-        if row is None or row["gone"]:
-            return None
-        updates = row["updates"]
-        parts = [row["yjs_state"], *updates] if row["yjs_state"] else list(updates)
-        if len(parts) > 1:
-            state = await asyncio.to_thread(merge_updates, *parts)
-        else:
-            state = parts[0] if parts else b""
-        return LoadedDocument(document_id, row["workspace_id"], row["type"], state, len(updates))
 
     async def compact(self, document_id: UUID, *, snapshot: bool = False) -> CompactionResult | None:
         """Merge pending write-ahead rows; write a version when asked or when one is due."""
@@ -263,6 +271,16 @@ class DocumentStore:
                 """,
                 LOCAL_WORKSPACE_ID, LOCAL_USER_ID,
             )
+
+    def expect_open_document(self, name: str) -> UUID:
+        """Open mode, WebSocket: the document a room name stands for, created by `load` only when it
+        is missing, so opening one that exists costs one statement (the load), not two."""
+        document_id = open_document_id(name)
+        if document_id not in self._ensured:
+            if len(self._expected) > 10_000:  # names asked for by clients that never got to load
+                self._expected.clear()
+            self._expected[document_id] = name
+        return document_id
 
     async def ensure_open_document(self, name: str) -> UUID:
         """Open mode: the document a room name stands for, created on first use."""

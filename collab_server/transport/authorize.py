@@ -17,7 +17,7 @@ from websockets.datastructures import Headers
 from collab_server.access.auth import AuthError, token_from
 from collab_server.context import AppContext
 from collab_server.core.connection import ClientInfo
-from collab_server.storage.postgres import LOCAL_USER_ID, open_document_id
+from collab_server.storage.postgres import LOCAL_USER_ID
 
 log = logging.getLogger("collab.transport")
 
@@ -69,16 +69,8 @@ async def resolve(
 ) -> tuple[UUID, ClientInfo] | Refusal:
     """Which document `name` is and what the bearer of `token` may do there (both dialects). Names
     are document ids (UUIDs) in auth mode, checked first: a bad name costs no token check."""
-    if ctx.settings.auth == "off":
-        document_id = open_document_id(name)
-        if ctx.hub.refusal(document_id) is not None:  # `join` closes it with the reason; no row for it
-            return document_id, client_info(upgrade, address, LOCAL_USER_ID, "editor")
-        try:
-            await ctx.store.ensure_open_document(name)
-        except Exception as exc:
-            log.warning("open-mode document %r could not be created: %s", name, exc)
-            return Refusal(503, "unavailable", "the database is unavailable")
-        return document_id, client_info(upgrade, address, LOCAL_USER_ID, "editor")
+    if ctx.settings.auth == "off":  # the load creates a missing document: no statement here
+        return ctx.store.expect_open_document(name), client_info(upgrade, address, LOCAL_USER_ID, "editor")
     try:
         document_id = UUID(name)
     except ValueError:
