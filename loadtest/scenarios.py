@@ -137,30 +137,36 @@ async def large_document(
 
 
 async def cold_rooms(
-    url: str, names: list[str], *, timeout: float = 10.0, max_seconds: float = 300.0
+    url: str, names: list[str], *, parallel: int = 1, timeout: float = 10.0, max_seconds: float = 300.0
 ) -> dict[str, Any]:
-    """Open, sync and close each room in turn (one after another); rooms per second."""
+    """Open, sync and close each room, `parallel` at a time (each worker one room after another); rooms per second."""
     check_loopback(url)
     base = url.rstrip("/")
     times: list[float] = []
     errors: list[str] = []
+    todo = iter(names)
     t0 = time.perf_counter()
     deadline = t0 + max_seconds
-    for name in names:
-        if time.perf_counter() > deadline:
-            errors.append("stopped at max_seconds")
-            break
-        one = time.perf_counter()
-        try:
-            ws, _info = await _connect_synced(f"{base}/{name}", timeout)
-            await ws.aclose(timeout)
-        except (OSError, TimeoutError, ConnectionError) as exc:
-            errors.append(f"{name}: {exc}"[:200])
-            continue
-        times.append(time.perf_counter() - one)
+
+    async def worker() -> None:
+        for name in todo:
+            if time.perf_counter() > deadline:
+                errors.append("stopped at max_seconds")
+                return
+            one = time.perf_counter()
+            try:
+                ws, _info = await _connect_synced(f"{base}/{name}", timeout)
+                await ws.aclose(timeout)
+            except (OSError, TimeoutError, ConnectionError) as exc:
+                errors.append(f"{name}: {exc}"[:200])
+                continue
+            times.append(time.perf_counter() - one)
+
+    await asyncio.gather(*(worker() for _ in range(max(1, parallel))))
     total = time.perf_counter() - t0
     return {
         "rooms": len(times),
+        "parallel": max(1, parallel),
         "seconds": round(total, 3),
         "rooms_per_second": round(len(times) / total, 1) if total > 0 else 0.0,
         "open_sync_close": asdict(LatencyStats.of(times)),

@@ -16,6 +16,7 @@ from loadtest import (
     LoadConfig,
     LoadTestError,
     check_loopback,
+    cold_rooms,
     encode_text_insert,
     run_load,
     tags_in,
@@ -97,6 +98,14 @@ async def test_loadtest_against_the_reference_server() -> None:
     async with RefServer() as ref:
         result = await run_load(small(f"{ref.url}/ws"))
     assert_clean(result)
+
+
+async def test_cold_rooms_opens_every_room_once_however_many_in_parallel(server: RunningServer) -> None:
+    names = [f"cold-lt-{i}" for i in range(24)]
+    for parallel in (1, 8):
+        info = await cold_rooms(server.ws_base, names, parallel=parallel)
+        assert (info["rooms"], info["errors"], info["parallel"]) == (24, 0, parallel), info
+        assert info["open_sync_close"]["count"] == 24 and info["rooms_per_second"] > 0
 
 
 @pytest.mark.timeout(90)

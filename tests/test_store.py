@@ -890,6 +890,101 @@ async def test_an_upgrade_while_postgres_is_down_is_a_503_in_json(
         await server.stop()
 
 
+async def test_an_open_mode_upgrade_while_postgres_is_down_closes_1013_and_opens_once_back(
+    private_pg: EmbeddedPostgres, private_db: str, redis_url: str, tmp_path: Path
+) -> None:
+    """Open mode checks nothing in the database at the upgrade, so an outage is the room load's refusal."""
+    server = await RunningServer(make_settings(tmp_path), private_db, redis_url).start()
+    try:
+        await asyncio.to_thread(private_pg.stop, "immediate")
+        client = YClient(server.ws_url("during-an-outage"))
+        await client.connect(wait_synced=False)
+        await client.wait_closed()
+        assert (client.close_code, client.close_reason) == (1013, "document could not be loaded")
+        await asyncio.to_thread(private_pg.restart_same_port)
+        async with YClient(server.ws_url("during-an-outage")) as again:  # nothing cached the failure
+            assert again.synced.is_set()
+    finally:
+        await asyncio.to_thread(private_pg.restart_same_port)
+        await server.stop()
+
+
+_ENTRY = re.compile(r"\n(?=\d{4}-\d\d-\d\d \d)")  # PostgreSQL's log: one entry per timestamped line
+_STATEMENT = re.compile(r"LOG:  (?:statement|execute [^:]*): (.*)", re.DOTALL)
+
+
+async def test_a_cold_room_costs_one_statement_and_a_live_one_none(
+    private_pg: EmbeddedPostgres, private_db: str, redis_url: str, tmp_path: Path
+) -> None:
+    """Counted by PostgreSQL itself (log_statement for this database), so a pool reset or an
+    existence check on the upgrade would show up too."""
+    conn = await dbmod.connect(private_db)
+    try:
+        await conn.execute(f'ALTER DATABASE "{private_db.rsplit("/", 1)[1]}" SET log_statement = \'all\'')
+    finally:
+        await conn.close()
+    server = await RunningServer(make_settings(tmp_path), private_db, redis_url).start()
+    log = private_pg.data_dir / "server.log"
+    hub, store = server.ctx.hub, server.ctx.store
+    names = [f"cold-{i}" for i in range(5)]
+    try:
+        def logged_since(mark: int) -> list[str]:
+            with log.open("rb") as f:
+                f.seek(mark)
+                entries = _ENTRY.split(f.read().decode(errors="replace"))
+            return [" ".join(m.group(1).split()) for e in entries if (m := _STATEMENT.search(e))]
+
+        async def open_close(name: str) -> None:
+            async with YClient(server.ws_url(name)) as client:
+                assert client.synced.is_set()
+            await eventually(lambda: None, lambda _: _unloaded(hub, open_document_id(name)),
+                             what=f"room {name} unloaded")
+
+        for name in names:
+            await store.ensure_open_document(name)
+        await open_close("warm-up")  # asyncpg introspects a statement's types once per connection
+        store.forget_open_documents()  # as after a restart: the documents exist, this process knows nothing
+
+        mark = log.stat().st_size
+        for name in names:
+            await open_close(name)
+        statements = logged_since(mark)
+        assert len(statements) == len(names), statements
+        assert all("FROM documents d JOIN workspaces w" in s for s in statements), statements
+
+        # More connections to a live room cost nothing, and leave nothing behind in the store.
+        async with YClient(server.ws_url(names[0])):
+            mark = log.stat().st_size
+            for _ in range(20):
+                async with YClient(server.ws_url(names[0])) as client:
+                    assert client.synced.is_set()
+            assert logged_since(mark) == []
+            assert store.pending_open_documents() == 0
+
+        # A brand-new document: the load finds nothing, creates it, reads it back.
+        mark = log.stat().st_size
+        await open_close("brand-new")
+        statements = logged_since(mark)
+        assert len(statements) == 3 and "INSERT INTO documents" in statements[1], statements
+    finally:
+        await server.stop()
+
+
+async def test_a_released_pool_connection_keeps_no_transaction_or_local_setting(db_url: str) -> None:
+    """The pool's reset is a no-op: this pins what it relies on, asyncpg rolling back an open
+    transaction (and its transaction-local settings) before the connection is reused."""
+    pool = await dbmod.create_pool(db_url, min_size=1, max_size=1)
+    try:
+        async with pool.acquire() as conn:
+            await conn.execute("BEGIN")
+            await conn.execute("SELECT set_config('collab.probe', 'left behind', true)")
+        async with pool.acquire() as conn:
+            assert not conn.is_in_transaction()
+            assert await conn.fetchval("SELECT current_setting('collab.probe', true)") in (None, "")
+    finally:
+        await pool.close()
+
+
 async def test_a_process_killed_during_an_outage_loses_nothing_it_held(
     private_pg: EmbeddedPostgres, private_db: str, spawn_server, tmp_path: Path  # type: ignore[no-untyped-def]
 ) -> None:

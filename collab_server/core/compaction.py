@@ -133,8 +133,12 @@ class CompactionPolicy(Extension):
 
     async def persist(self, document_id: UUID, flush_timeout: float) -> None:
         """The last compaction of a room leaving memory: flush the write-ahead, then compact
-        (with a version if it was edited). On failure the rows stay for the next load or restart."""
+        (with a version if it was edited). On failure the rows stay for the next load or restart.
+        A room only read (no edit here, nothing pending when it loaded) has nothing to compact: its
+        unload costs no statement, which is most of what a cold room opened to be read would pay."""
         backlog = self.backlogs.pop(document_id, None)
+        if backlog is not None and not (backlog.edited or backlog.updates or backlog.running):
+            return
         if not await self._storage.flush(flush_timeout):
             log.warning("room %s unloaded with updates still queued for storage", document_id)
             return

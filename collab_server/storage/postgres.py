@@ -68,6 +68,8 @@ class DocumentStore:
         if row is None and name is not None:  # an open-mode room's first use: create it, then read it
             await self.ensure_open_document(name)
             row = await self._load_row(document_id)
+        elif row is not None and name is not None:  # it exists: later connections skip `_expected`
+            self._remember(document_id)
         if row is None or row["gone"]:
             return None
         updates = row["updates"]
@@ -282,6 +284,15 @@ class DocumentStore:
             self._expected[document_id] = name
         return document_id
 
+    def pending_open_documents(self) -> int:
+        """Open-mode names asked for whose load has not run yet (for tests and /api/stats)."""
+        return len(self._expected)
+
+    def forget_open_documents(self) -> None:
+        """Drop what this process knows about open-mode documents, as a restart would."""
+        self._ensured.clear()
+        self._expected.clear()
+
     async def ensure_open_document(self, name: str) -> UUID:
         """Open mode: the document a room name stands for, created on first use."""
         document_id = open_document_id(name)
@@ -294,10 +305,13 @@ class DocumentStore:
             """,
             document_id, LOCAL_WORKSPACE_ID, (name.strip() or "untitled")[:500], LOCAL_USER_ID,
         )
+        self._remember(document_id)
+        return document_id
+
+    def _remember(self, document_id: UUID) -> None:
         if len(self._ensured) > 100_000:
             self._ensured.clear()
         self._ensured.add(document_id)
-        return document_id
 
 
 class PostgresStorage:
