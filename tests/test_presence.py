@@ -198,3 +198,40 @@ async def test_presence_is_back_within_a_heartbeat_when_redis_loses_it(db_url: s
         await two.stop()
         await redis.aclose()
         private.stop()
+
+
+async def test_a_connection_gone_within_the_batch_window_never_reaches_redis(redis_url, tmp_path: Path) -> None:
+    """A cold room opened and read (join, sync, leave in a few ms) costs Redis nothing; one that stays
+    is written within the window and deleted when it leaves."""
+    from types import SimpleNamespace
+
+    from collab_server.cluster.presence import BATCH_SECONDS
+
+    redis = aioredis.from_url(redis_url)
+    settings = make_settings(tmp_path, process_heartbeat_seconds=60.0)  # no beat inside the counted windows
+    presence = Presence(redis, settings, f"batch-test-{time.time_ns()}")
+    room = SimpleNamespace(id=open_document_id("batched"))
+
+    def conn(cid: str) -> SimpleNamespace:
+        return SimpleNamespace(id=cid, info=SimpleNamespace(user_id=None, device_type="web", device_name=None,
+                                                          client_version=None))
+
+    await presence.on_start(None)  # type: ignore[arg-type]
+    try:
+        await eventually(lambda: None, lambda _: presence.commands_sent >= 1, what="the first heartbeat")
+        stays, passes = conn(f"stays-{time.time_ns()}"), conn(f"passes-{time.time_ns()}")
+        before = presence.commands_sent
+        presence.on_join(room, stays)  # type: ignore[arg-type]
+        await eventually(lambda: None, lambda _: presence.commands_sent > before, timeout=5 * BATCH_SECONDS + 1)
+        assert presence.commands_sent == before + 2  # SET + ZADD
+        assert await redis.exists(record_key(stays.id))
+        before = presence.commands_sent
+        presence.on_join(room, passes)  # type: ignore[arg-type]
+        presence.on_leave(room, passes)  # type: ignore[arg-type]
+        presence.on_leave(room, stays)  # type: ignore[arg-type]
+        await eventually(lambda: None, lambda _: presence.commands_sent > before, timeout=5 * BATCH_SECONDS + 1)
+        assert presence.commands_sent == before + 2  # DEL + ZREM of the one that was written, nothing else
+        assert not await redis.exists(record_key(stays.id)) and not await redis.exists(record_key(passes.id))
+    finally:
+        await presence.on_stop()
+        await redis.aclose()

@@ -33,6 +33,9 @@ from collab_server.core.room import Room
 log = logging.getLogger("collab.presence")
 
 PREFIX = "collab:"
+# How long the flusher gathers changes before one pipeline: a connect storm's joins share it, and
+# a connection that joins and leaves inside it (a cold room opened and read) never reaches Redis.
+BATCH_SECONDS = 0.02
 
 # One round trip: prune expired index members, read the live records, drop dead processes.
 _LIST_SCRIPT = """
@@ -154,6 +157,7 @@ class Presence(Extension):
         self._dirty: set[str] = set()
         self._removed: dict[str, str] = {}  # connection id -> document id
         self._last_write: dict[str, float] = {}
+        self._sent: set[str] = set()  # connections whose record may be in Redis: their leave deletes it
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._list_script = client.register_script(_LIST_SCRIPT)
@@ -176,7 +180,7 @@ class Presence(Extension):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         # A clean shutdown removes this process's records and heartbeat at once.
-        self._removed.update({cid: r.document_id for cid, r in self.records.items()})
+        self._removed.update({cid: r.document_id for cid, r in self.records.items() if cid in self._sent})
         self.records.clear()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self._write(set(), final=True), 2)
@@ -210,17 +214,20 @@ class Presence(Extension):
         record = self.records.pop(conn.id, None)
         self._dirty.discard(conn.id)
         self._last_write.pop(conn.id, None)
-        if record is not None:
+        if record is not None and conn.id in self._sent:
+            self._sent.discard(conn.id)
             self._removed[conn.id] = record.document_id
             self._wake.set()
 
     # -- writing -----------------------------------------------------------------------------
 
     async def _flusher(self) -> None:
-        """Send removals at once and coalesced updates at most once per interval per connection."""
+        """Send removals and coalesced updates `BATCH_SECONDS` after the first change, updates at
+        most once per interval per connection."""
         interval = self.settings.presence_min_interval
         while True:
             await self._wake.wait()
+            await asyncio.sleep(BATCH_SECONDS)
             self._wake.clear()
             now = time.monotonic()
             due = {cid for cid in self._dirty if now - self._last_write.get(cid, 0.0) >= interval}
@@ -259,6 +266,7 @@ class Presence(Extension):
                 if record is None:
                     continue
                 command("SET", record_key(cid), record.encode(), "EX", ttl)
+                self._sent.add(cid)  # before the reply: a leave meanwhile must delete it
                 count += 1
                 if full or cid not in self._last_write:
                     command("ZADD", index_key(record.document_id), now + ttl, cid)
