@@ -85,3 +85,27 @@ async def test_a_client_reconnects_and_its_offline_edits_reach_the_others(server
     assert str(with_other.doc.get("content", type=Text)) == "online offline"
     for client in (watcher, typist, with_other):
         await client.close()
+
+
+async def test_an_open_socket_keeps_nothing_of_its_handshake(server) -> None:  # type: ignore[no-untyped-def]
+    """websockets' handshake parser would keep each request (≈2 KiB of headers) for the socket's life;
+    the transport continues on a protocol object born open, and drops its finished handshake task."""
+    import gc
+
+    from websockets.http11 import Request
+
+    from collab_server.transport.websocket import WebSocketProtocol
+
+    clients = [await YClient(server.ws_url(f"lean-{i % 2}")).connect() for i in range(10)]
+    try:
+        gc.collect()
+        alive = [o for o in gc.get_objects() if isinstance(o, WebSocketProtocol) and o.conn is not None]
+        assert len(alive) >= 10
+        requests = [o for o in gc.get_objects() if isinstance(o, Request)]  # our clients keep theirs
+        held = [r for r in requests for ref in gc.get_referrers(r)
+                if getattr(getattr(ref, "gi_code", None), "co_qualname", "") == "ServerProtocol.parse"]
+        assert held == []
+        assert not any(hasattr(o, "__dict__") for o in alive)  # slots: no per-socket dict
+    finally:
+        for client in clients:
+            await client.close()

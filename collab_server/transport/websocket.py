@@ -96,6 +96,12 @@ def _json_response(status: int, code: str, message: str) -> Response:
 class WebSocketProtocol(asyncio.Protocol):
     """One WebSocket connection, and the core's `Peer` for it."""
 
+    __slots__ = (  # one per socket: no instance dict
+        "__weakref__", "_address", "_bucket", "_closing_since", "_ctx", "_fragments", "_gone", "_handshake",
+        "_max_awareness", "_next_ping", "_path", "_paused", "_ping_at", "_resumed", "_server_state",
+        "_sockets", "_transport", "_ws", "conn", "room", "session",
+    )
+
     def __init__(self, config: Any, server_state: Any, app_state: dict[str, Any], **_: Any) -> None:
         self._sockets: Sockets = app_state[STATE_KEY]
         self._ctx = self._sockets.ctx
@@ -251,6 +257,7 @@ class WebSocketProtocol(asyncio.Protocol):
         """The handshake task; whatever fails in it ends this socket visibly, never silently."""
         try:
             await self._handshake_steps(request)
+            self._handshake = None  # a finished task kept for the socket's life is ~600 B each
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -288,8 +295,7 @@ class WebSocketProtocol(asyncio.Protocol):
             self._refuse(decision)
             return
         document_id, info = decision
-        self._ws.send_response(response)
-        self._send_pending()
+        self._accept(response)
         conn = Connection(uuid.uuid4().hex, info, self, ctx.settings.send_queue_bytes, ctx.counters)
         try:
             room = await ctx.hub.join(document_id, conn)
@@ -301,6 +307,17 @@ class WebSocketProtocol(asyncio.Protocol):
             return
         self.conn, self.room = conn, room
         self._opened()
+
+    def _accept(self, response: Response) -> None:
+        """Send the 101, then go on with a protocol object born OPEN: websockets' handshake parser
+        keeps the parsed request (headers and all, about 2 KiB) alive in its generator for the
+        socket's lifetime. Nothing is lost in the swap: a client sends no frame before it has
+        our 101 (RFC 6455 4.1), and our reading is paused until the room is joined."""
+        self._ws.send_response(response)
+        self._send_pending()
+        self._ws = ServerProtocol(
+            state=State.OPEN, max_size=self._ctx.settings.max_message_bytes, logger=_WS_LOG
+        )
 
     def _opened(self) -> None:
         settings = self._ctx.settings
@@ -318,8 +335,7 @@ class WebSocketProtocol(asyncio.Protocol):
         if ctx.hub.closing:
             self._refuse(Refusal(503, "unavailable", "server is shutting down"))
             return
-        self._ws.send_response(response)
-        self._send_pending()
+        self._accept(response)
         # The socket's own connection: in no room; closing it closes the socket and every document.
         budget = SendBudget(ctx.settings.send_queue_bytes)
         self.conn = Connection(uuid.uuid4().hex, ClientInfo(address=self._address), self,
