@@ -65,13 +65,21 @@ class TrustedProxies:
 
     def __init__(self, networks: Iterable[str]) -> None:
         self._networks = [ipaddress.ip_network(n, strict=False) for n in networks]
+        self._known: dict[str, bool] = {}  # asked per socket, of few distinct addresses
 
     def trusts(self, address: str) -> bool:
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
-            return False
-        return any(ip in net for net in self._networks)
+        known = self._known.get(address)
+        if known is None:
+            try:
+                ip = ipaddress.ip_address(address)
+            except ValueError:
+                known = False
+            else:
+                known = any(ip in net for net in self._networks)
+            if len(self._known) >= 10_000:
+                self._known.clear()
+            self._known[address] = known
+        return known
 
     def client(self, peer: str | None, headers: Mapping[str, str]) -> str | None:
         if peer is None or not self._networks:

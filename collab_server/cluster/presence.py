@@ -261,6 +261,7 @@ class Presence(Extension):
                 command("DEL", record_key(cid))
                 command("ZREM", index_key(document_id), cid)
                 count += 2
+            indexed: dict[str, list[Any]] = {}  # one ZADD per document: a connect storm joins in few rooms
             for cid in ids:
                 record = self.records.get(cid)
                 if record is None:
@@ -269,8 +270,10 @@ class Presence(Extension):
                 self._sent.add(cid)  # before the reply: a leave meanwhile must delete it
                 count += 1
                 if full or cid not in self._last_write:
-                    command("ZADD", index_key(record.document_id), now + ttl, cid)
-                    count += 1
+                    indexed.setdefault(record.document_id, []).extend((now + ttl, cid))
+            for document_id, members in indexed.items():
+                command("ZADD", index_key(document_id), *members)
+                count += 1
             beat_at = count
             if beat:  # GET: the previous value, None when Redis restarted (or flushed) since the last beat
                 ex = max(1, int(self.settings.process_dead_after_seconds))

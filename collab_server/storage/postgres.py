@@ -10,6 +10,7 @@ with the small summary we hand it through transaction-local settings.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 import uuid
@@ -37,6 +38,7 @@ LOCAL_WORKSPACE_ID = uuid.uuid5(OPEN_NAMESPACE, "workspace:local")
 COMPACT_CHUNK = 20_000  # rows merged per transaction; a larger backlog takes several
 
 
+@functools.lru_cache(maxsize=4096)  # a SHA-1 per connection otherwise; room names repeat
 def open_document_id(name: str) -> UUID:
     try:
         return UUID(name)

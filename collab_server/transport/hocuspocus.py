@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from collections.abc import Callable
 from typing import Protocol
 from uuid import UUID
@@ -27,7 +26,7 @@ from collab_server.access.auth import token_from
 from collab_server.access.limits import TokenBucket
 from collab_server.context import AppContext
 from collab_server.core import hocuspocus as hp
-from collab_server.core.connection import Connection, SendBudget
+from collab_server.core.connection import Connection, SendBudget, new_connection_id
 from collab_server.core.hocuspocus import HocuspocusConnection
 from collab_server.core.hub import RoomUnavailable
 from collab_server.core.protocol import CloseCode, Kind, ProtocolError
@@ -269,7 +268,7 @@ class Session:
                 return
             self._user_ids.add(user_id)
         channel = Channel(self, address)
-        conn = HocuspocusConnection(uuid.uuid4().hex, info, channel, ctx.settings.send_queue_bytes, ctx.counters,
+        conn = HocuspocusConnection(new_connection_id(), info, channel, ctx.settings.send_queue_bytes, ctx.counters,
                                     budget=self.budget)
         channel.conn = conn
         conn.send(hp.encode_authenticated(read_only=not info.can_write))

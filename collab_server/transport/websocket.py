@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import logging
 import time
-import uuid
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -33,7 +32,7 @@ from websockets.server import ServerProtocol
 
 from collab_server.access.limits import AddressSockets, TokenBucket, peer_address
 from collab_server.context import AppContext
-from collab_server.core.connection import ClientInfo, Connection, SendBudget
+from collab_server.core.connection import ClientInfo, Connection, SendBudget, new_connection_id
 from collab_server.core.hub import RoomUnavailable
 from collab_server.core.protocol import CloseCode, Kind, ProtocolError, decode
 from collab_server.core.room import Room
@@ -296,7 +295,7 @@ class WebSocketProtocol(asyncio.Protocol):
             return
         document_id, info = decision
         self._accept(response)
-        conn = Connection(uuid.uuid4().hex, info, self, ctx.settings.send_queue_bytes, ctx.counters)
+        conn = Connection(new_connection_id(), info, self, ctx.settings.send_queue_bytes, ctx.counters)
         try:
             room = await ctx.hub.join(document_id, conn)
         except RoomUnavailable as exc:
@@ -338,7 +337,7 @@ class WebSocketProtocol(asyncio.Protocol):
         self._accept(response)
         # The socket's own connection: in no room; closing it closes the socket and every document.
         budget = SendBudget(ctx.settings.send_queue_bytes)
-        self.conn = Connection(uuid.uuid4().hex, ClientInfo(address=self._address), self,
+        self.conn = Connection(new_connection_id(), ClientInfo(address=self._address), self,
                                ctx.settings.send_queue_bytes, ctx.counters, budget=budget)
         self.session = hocuspocus.Session(
             ctx, self, self.conn, upgrade, self._sockets.users, budget,

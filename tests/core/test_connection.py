@@ -62,3 +62,21 @@ async def test_close_happens_once_and_a_peer_that_blocks_the_close_is_aborted(mo
     assert conn.close_code == 4403
     await asyncio.wait_for(conn.finish(), 5)
     await eventually(lambda: peer.aborted, timeout=4, what="abort after the close timed out")
+
+
+def test_connection_ids_are_unique_and_a_forked_child_draws_its_own_prefix() -> None:
+    import os
+
+    from collab_server.core.connection import new_connection_id
+
+    ids = [new_connection_id() for _ in range(1000)]
+    assert len(set(ids)) == 1000 and all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report one id and leave at once
+        os.write(write, new_connection_id().encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child = os.read(read, 64).decode()
+    os.close(read), os.close(write)
+    assert child[:16] != ids[0][:16]  # same counter start, different process prefix
