@@ -108,6 +108,8 @@ class Settings:
 
     database_url: str | None = field(default=None, metadata=_env("DATABASE_URL", _parse_db_url))
     redis_url: str | None = field(default=None, metadata=_env("REDIS_URL", _parse_redis_url))
+    db_pool_min: int = field(default=8, metadata=_env("COLLAB_DB_POOL_MIN", _parse_positive_int))
+    db_pool_max: int = field(default=10, metadata=_env("COLLAB_DB_POOL_MAX", _parse_positive_int))
     host: str = field(default="127.0.0.1", metadata=_env("COLLAB_HOST"))
     port: int = field(default=8080, metadata=_env("COLLAB_PORT", _parse_port))
     data_dir: Path = field(default=Path(".collab"), metadata=_env("COLLAB_DATA_DIR", Path))
@@ -275,6 +277,8 @@ class Settings:
         return settings
 
     def validate(self) -> None:
+        if self.db_pool_min > self.db_pool_max:
+            raise ConfigError("COLLAB_DB_POOL_MIN must not exceed COLLAB_DB_POOL_MAX")
         if self.ping_interval and self.ping_timeout and self.ping_timeout < 1:
             raise ConfigError("COLLAB_PING_TIMEOUT must be at least 1 second")
         if self.presence_heartbeat_seconds >= self.presence_ttl_seconds:

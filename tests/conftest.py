@@ -207,6 +207,7 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
         "room_grace_seconds": 0.5,
         "commit_window_ms": 2.0,
         "jwt_secret": "test-secret-test-secret-test-secret",
+        "db_pool_min": 2,  # many servers share the test PostgreSQL's 100 connections
     }
     base.update(overrides)
     return Settings.from_env({}, **base)
@@ -306,6 +307,7 @@ def spawn_server(db_url: str, redis_url: str, tmp_path: Path) -> Iterator[Callab
             "COLLAB_AUTH": "off",
             "COLLAB_ROOM_GRACE_SECONDS": "0.5",
             "COLLAB_LOG_LEVEL": "info",
+            "COLLAB_DB_POOL_MIN": "2",  # many servers share the test PostgreSQL's 100 connections
             **env,
         }
         proc = ServerProcess(

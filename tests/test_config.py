@@ -35,6 +35,7 @@ def test_environment_overrides() -> None:
         ({"DATABASE_URL": "mysql://u:secret@h/db"}, "DATABASE_URL='mysql://u:***@h/db' is invalid"),
         ({"REDIS_URL": "http://x"}, "REDIS_URL='http://x' is invalid"),
         ({"COLLAB_ROOM_GRACE_SECONDS": "-1"}, "COLLAB_ROOM_GRACE_SECONDS='-1' is invalid"),
+        ({"COLLAB_DB_POOL_MIN": "12"}, "COLLAB_DB_POOL_MIN must not exceed COLLAB_DB_POOL_MAX"),
     ],
 )
 def test_bad_values_fail_with_one_line(env: dict[str, str], message: str) -> None:

@@ -942,7 +942,6 @@ async def test_a_cold_room_costs_one_statement_and_a_live_one_none(
 
         for name in names:
             await store.ensure_open_document(name)
-        await open_close("warm-up")  # asyncpg introspects a statement's types once per connection
         store.forget_open_documents()  # as after a restart: the documents exist, this process knows nothing
 
         mark = log.stat().st_size

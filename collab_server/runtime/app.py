@@ -80,7 +80,7 @@ async def build_context(settings: Settings, database_url: str, redis_url: str) -
         await migrate(conn)
     finally:
         await conn.close()
-    pool = await db.create_pool(database_url)
+    pool = await db.create_pool(database_url, settings.db_pool_min, settings.db_pool_max, warm=DocumentStore.warm)
     redis = aioredis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2)
     counters = Counters()  # one per process, shared by everything that counts
     offloop = OffLoop(settings.conversion_processes)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import Awaitable, Callable
 
 import asyncpg
 import orjson
@@ -45,10 +46,23 @@ async def connect(url: str, timeout: float = 10.0) -> asyncpg.Connection:
     return conn
 
 
-async def create_pool(url: str, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
+async def create_pool(
+    url: str, min_size: int = 2, max_size: int = 10,
+    warm: Callable[[asyncpg.Connection], Awaitable[None]] | None = None,
+) -> asyncpg.Pool:
+    """`warm` runs on every new pooled connection, so that what a connection does once (asyncpg's
+    type introspection, a statement's preparation) happens when the pool grows, not in a client's
+    first request on it. The server opens `COLLAB_DB_POOL_MIN` (8) at start: eight cold rooms at
+    once otherwise wait on six connections opened and warmed in a row (measured: p95 131 ms)."""
+
+    async def init(conn: asyncpg.Connection) -> None:
+        await _init_connection(conn)
+        if warm is not None:
+            await warm(conn)
+
     try:
         pool = await asyncpg.create_pool(
-            url, min_size=min_size, max_size=max_size, init=_init_connection, timeout=10,
+            url, min_size=min_size, max_size=max_size, init=init, timeout=10,
             command_timeout=60, reset=_keep_session,
         )
     except (*UNAVAILABLE_ERRORS, socket.gaierror, asyncpg.InvalidAuthorizationSpecificationError,

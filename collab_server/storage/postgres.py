@@ -35,6 +35,14 @@ log = logging.getLogger("collab.store")
 OPEN_NAMESPACE = uuid.UUID("6f1d3c56-0e0b-4c53-9d0f-3c5e1f7a2b10")
 LOCAL_USER_ID = uuid.uuid5(OPEN_NAMESPACE, "user:local")
 LOCAL_WORKSPACE_ID = uuid.uuid5(OPEN_NAMESPACE, "workspace:local")
+_LOAD = """
+    SELECT d.workspace_id, d.type::text AS type, d.yjs_state,
+           d.deleted OR w.deleted_at IS NOT NULL AS gone,
+           ARRAY(SELECT u.payload FROM document_updates u
+                 WHERE u.document_id = d.id ORDER BY u.seq) AS updates
+    FROM documents d JOIN workspaces w ON w.id = d.workspace_id
+    WHERE d.id = $1
+"""
 COMPACT_CHUNK = 20_000  # rows merged per transaction; a larger backlog takes several
 
 
@@ -83,17 +91,13 @@ class DocumentStore:
         return LoadedDocument(document_id, row["workspace_id"], row["type"], state, len(updates))
 
     async def _load_row(self, document_id: UUID) -> asyncpg.Record | None:
-        return await self.pool.fetchrow(
-            """
-            SELECT d.workspace_id, d.type::text AS type, d.yjs_state,
-                   d.deleted OR w.deleted_at IS NOT NULL AS gone,
-                   ARRAY(SELECT u.payload FROM document_updates u
-                         WHERE u.document_id = d.id ORDER BY u.seq) AS updates
-            FROM documents d JOIN workspaces w ON w.id = d.workspace_id
-            WHERE d.id = $1
-            """,
-            document_id,
-        )
+        return await self.pool.fetchrow(_LOAD, document_id)
+
+    @staticmethod
+    async def warm(conn: asyncpg.Connection) -> None:
+        """For `create_pool`: the load, prepared and its types introspected once per connection
+        (a nil id matches no row)."""
+        await conn.fetchrow(_LOAD, UUID(int=0))
 
     async def compact(self, document_id: UUID, *, snapshot: bool = False) -> CompactionResult | None:
         """Merge pending write-ahead rows; write a version when asked or when one is due."""
