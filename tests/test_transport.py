@@ -109,3 +109,14 @@ async def test_an_open_socket_keeps_nothing_of_its_handshake(server) -> None:  #
     finally:
         for client in clients:
             await client.close()
+
+
+async def test_the_serving_process_freezes_its_startup_objects_out_of_the_collector(spawn_server) -> None:  # type: ignore[no-untyped-def]
+    import httpx
+
+    proc = spawn_server()
+    async with httpx.AsyncClient(base_url=proc.http, timeout=10) as client:
+        text = (await client.get("/metrics")).text
+    gauges = {k: float(v) for k, v in (line.split() for line in text.splitlines() if line.startswith("collab_gc_"))}
+    assert gauges["collab_gc_frozen_objects"] > 10_000, gauges  # modules, the app: never scanned again
+    assert set(gauges) >= {f"collab_gc_collections_gen{g}" for g in range(3)}

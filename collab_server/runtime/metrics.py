@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import time
 from bisect import bisect_left
 from collections import deque
@@ -44,6 +45,10 @@ _HELP = {
     "collab_connections": "connections open on this process",
     "collab_wal_backlog_bytes": "bytes waiting for the next write-ahead commit",
     "collab_loop_lag_seconds": "event-loop lag: how late a 50 ms timer fired",
+    "collab_gc_frozen_objects": "objects frozen out of the cyclic collector's scans at start",
+    "collab_gc_collections_gen0": "cyclic collections of the youngest generation since start",
+    "collab_gc_collections_gen1": "cyclic collections of the middle generation since start",
+    "collab_gc_collections_gen2": "full cyclic collections since start",
 }
 
 LAG_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
@@ -114,6 +119,10 @@ class Metrics(Extension):
         self.gauges["collab_rooms"] = lambda: hub.room_count
         self.gauges["collab_connections"] = lambda: hub.connections
         self.gauges["collab_wal_backlog_bytes"] = lambda: hub.storage.backlog_bytes
+        self.gauges["collab_gc_frozen_objects"] = gc.get_freeze_count
+        for generation in range(3):
+            self.gauges[f"collab_gc_collections_gen{generation}"] = (
+                lambda g=generation: gc.get_stats()[g]["collections"])
 
     def on_loaded(self, room: Room) -> None:
         self.counters.inc("collab_rooms_loaded_total")
