@@ -37,6 +37,17 @@ PREFIX = "collab:"
 # a connection that joins and leaves inside it (a cold room opened and read) never reaches Redis.
 BATCH_SECONDS = 0.02
 
+# Many records in one command: a connect storm's flush would otherwise be one SET (and one reply
+# for redis-py to parse, under its own timeout) per connection. EVAL rather than EVALSHA, so a
+# Redis that restarted and lost its script cache needs no second attempt.
+_SET_SCRIPT = """
+local ttl = ARGV[1]
+for i, key in ipairs(KEYS) do
+  redis.call('SET', key, ARGV[i + 1], 'EX', ttl)
+end
+return #KEYS
+"""
+
 # One round trip: prune expired index members, read the live records, drop dead processes.
 _LIST_SCRIPT = """
 local now = tonumber(ARGV[1])
@@ -257,20 +268,33 @@ class Presence(Extension):
             pipe = self.redis.pipeline(transaction=False)
             command = pipe.execute_command
             count = 0
-            for cid, document_id in removed.items():
-                command("DEL", record_key(cid))
-                command("ZREM", index_key(document_id), cid)
-                count += 2
+            if removed:
+                command("DEL", *map(record_key, removed))
+                count += 1
+                leaving: dict[str, list[str]] = {}
+                for cid, document_id in removed.items():
+                    leaving.setdefault(document_id, []).append(cid)
+                for document_id, members in leaving.items():
+                    command("ZREM", index_key(document_id), *members)
+                    count += 1
+            keys: list[str] = []
+            values: list[bytes] = []
             indexed: dict[str, list[Any]] = {}  # one ZADD per document: a connect storm joins in few rooms
             for cid in ids:
                 record = self.records.get(cid)
                 if record is None:
                     continue
-                command("SET", record_key(cid), record.encode(), "EX", ttl)
+                keys.append(record_key(cid))
+                values.append(record.encode())
                 self._sent.add(cid)  # before the reply: a leave meanwhile must delete it
-                count += 1
                 if full or cid not in self._last_write:
                     indexed.setdefault(record.document_id, []).extend((now + ttl, cid))
+            if len(keys) == 1:
+                command("SET", keys[0], values[0], "EX", ttl)
+                count += 1
+            elif keys:
+                command("EVAL", _SET_SCRIPT, len(keys), *keys, ttl, *values)
+                count += 1
             for document_id, members in indexed.items():
                 command("ZADD", index_key(document_id), *members)
                 count += 1

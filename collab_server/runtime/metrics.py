@@ -14,6 +14,7 @@ import time
 from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable
+from functools import partial
 
 from collab_server.core.connection import Connection
 from collab_server.core.counters import Counters
@@ -105,6 +106,10 @@ class LoopLag:
         lines.append(f"{name}_count {cumulative}")
 
 
+def _gc_collections(generation: int) -> float:
+    return float(gc.get_stats()[generation]["collections"])
+
+
 class Metrics(Extension):
     def __init__(self, counters: Counters) -> None:
         self.counters = counters
@@ -121,8 +126,7 @@ class Metrics(Extension):
         self.gauges["collab_wal_backlog_bytes"] = lambda: hub.storage.backlog_bytes
         self.gauges["collab_gc_frozen_objects"] = gc.get_freeze_count
         for generation in range(3):
-            self.gauges[f"collab_gc_collections_gen{generation}"] = (
-                lambda g=generation: gc.get_stats()[g]["collections"])
+            self.gauges[f"collab_gc_collections_gen{generation}"] = partial(_gc_collections, generation)
 
     def on_loaded(self, room: Room) -> None:
         self.counters.inc("collab_rooms_loaded_total")
