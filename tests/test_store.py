@@ -969,6 +969,46 @@ async def test_a_cold_room_costs_one_statement_and_a_live_one_none(
         await server.stop()
 
 
+async def test_rooms_opened_at_once_load_in_a_few_statements_each_with_its_own_content(
+    private_pg: EmbeddedPostgres, private_db: str, redis_url: str, tmp_path: Path
+) -> None:
+    """A reconnect storm: 40 rooms asked for at once share load statements (counted by PostgreSQL
+    itself), and each room still gets its own document and pending updates, not a neighbour's."""
+    conn = await dbmod.connect(private_db)
+    try:
+        await conn.execute(f'ALTER DATABASE "{private_db.rsplit("/", 1)[1]}" SET log_statement = \'all\'')
+    finally:
+        await conn.close()
+    server = await RunningServer(make_settings(tmp_path), private_db, redis_url).start()
+    log = private_pg.data_dir / "server.log"
+    store = server.ctx.store
+    names = [f"storm-{i}" for i in range(40)]
+    try:
+        for name in names:  # pending write-ahead rows only: the load must bring each its own
+            document_id = await store.ensure_open_document(name)
+            doc: Doc = Doc()
+            doc["content"] = Text(f"I am {name}.")
+            await store.pool.execute("INSERT INTO document_updates (document_id, payload) VALUES ($1, $2)",
+                                     document_id, doc.get_update())
+        store.forget_open_documents()
+        before, mark = store.load_statements, log.stat().st_size
+        clients = [YClient(server.ws_url(name)) for name in names]
+        await asyncio.gather(*(c.connect() for c in clients))
+        try:
+            assert [text_of(c.doc) for c in clients] == [f"I am {name}." for name in names]
+        finally:
+            await asyncio.gather(*(c.close() for c in clients))
+        with log.open("rb") as f:
+            f.seek(mark)
+            loads = [e for e in _ENTRY.split(f.read().decode(errors="replace"))
+                     if _STATEMENT.search(e) and "FROM documents d JOIN workspaces w" in e]
+        sent = store.load_statements - before
+        assert len(loads) == sent, (len(loads), sent)
+        assert sent <= len(names) // 4, f"{sent} load statements for {len(names)} rooms opened at once"
+    finally:
+        await server.stop()
+
+
 async def test_a_released_pool_connection_keeps_no_transaction_or_local_setting(db_url: str) -> None:
     """The pool's reset is a no-op: this pins what it relies on, asyncpg rolling back an open
     transaction (and its transaction-local settings) before the connection is reused."""

@@ -14,6 +14,7 @@ import functools
 import logging
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
 
@@ -26,6 +27,7 @@ from collab_server.core.counters import Counters
 from collab_server.core.storage import CommitListener, CompactionResult, LoadedDocument, PendingUpdate
 
 from . import ydoc
+from .batch import BatchedLookup
 from .offloop import OffLoop
 from .wal import WriteAhead
 
@@ -35,14 +37,18 @@ log = logging.getLogger("collab.store")
 OPEN_NAMESPACE = uuid.UUID("6f1d3c56-0e0b-4c53-9d0f-3c5e1f7a2b10")
 LOCAL_USER_ID = uuid.uuid5(OPEN_NAMESPACE, "user:local")
 LOCAL_WORKSPACE_ID = uuid.uuid5(OPEN_NAMESPACE, "workspace:local")
+# A document with its pending updates, in one snapshot. `= $1` for one (PostgreSQL keeps a generic
+# plan, planned once), `= ANY($1)` for the several asked for in one moment (see BatchedLookup): its
+# generic plan is poor, so PostgreSQL plans it each time, which a batch pays once.
 _LOAD = """
-    SELECT d.workspace_id, d.type::text AS type, d.yjs_state,
+    SELECT d.id, d.workspace_id, d.type::text AS type, d.yjs_state,
            d.deleted OR w.deleted_at IS NOT NULL AS gone,
            ARRAY(SELECT u.payload FROM document_updates u
                  WHERE u.document_id = d.id ORDER BY u.seq) AS updates
     FROM documents d JOIN workspaces w ON w.id = d.workspace_id
-    WHERE d.id = $1
+    WHERE d.id = {}
 """
+_LOAD_ONE, _LOAD_MANY = _LOAD.format("$1"), _LOAD.format("ANY($1::uuid[])")
 COMPACT_CHUNK = 20_000  # rows merged per transaction; a larger backlog takes several
 
 
@@ -66,13 +72,15 @@ class DocumentStore:
         self.version_interval = version_interval_seconds
         self._ensured: set[UUID] = set()  # open-mode documents known to exist (saves a round trip)
         self._expected: dict[UUID, str] = {}  # open-mode rooms asked for: `load` creates them if missing
+        self._rows: BatchedLookup[UUID, asyncpg.Record] = BatchedLookup(self._fetch_rows)
 
     async def load(self, document_id: UUID) -> LoadedDocument | None:
         """The document's full state, or None when it does not exist or is deleted.
 
         One statement, so the row and its pending updates come from one snapshot (a
         compaction committing in between can neither hide rows nor double them) in one
-        round trip; an open-mode document asked for but missing costs two more, once."""
+        round trip, shared with every other document asked for in the same moment; an
+        open-mode document asked for but missing costs two more, once."""
         row = await self._load_row(document_id)
         name = self._expected.pop(document_id, None)
         if row is None and name is not None:  # an open-mode room's first use: create it, then read it
@@ -91,13 +99,25 @@ class DocumentStore:
         return LoadedDocument(document_id, row["workspace_id"], row["type"], state, len(updates))
 
     async def _load_row(self, document_id: UUID) -> asyncpg.Record | None:
-        return await self.pool.fetchrow(_LOAD, document_id)
+        return await self._rows.get(document_id)
+
+    async def _fetch_rows(self, document_ids: Sequence[UUID]) -> dict[UUID, asyncpg.Record]:
+        if len(document_ids) == 1:
+            row = await self.pool.fetchrow(_LOAD_ONE, document_ids[0])
+            return {row["id"]: row} if row is not None else {}
+        return {row["id"]: row for row in await self.pool.fetch(_LOAD_MANY, document_ids)}
+
+    @property
+    def load_statements(self) -> int:
+        """Load statements sent so far (each carries every document asked for in its moment)."""
+        return self._rows.batches
 
     @staticmethod
     async def warm(conn: asyncpg.Connection) -> None:
-        """For `create_pool`: the load, prepared and its types introspected once per connection
+        """For `create_pool`: the loads, prepared and their types introspected once per connection
         (a nil id matches no row)."""
-        await conn.fetchrow(_LOAD, UUID(int=0))
+        await conn.fetchrow(_LOAD_ONE, UUID(int=0))
+        await conn.fetch(_LOAD_MANY, [])
 
     async def compact(self, document_id: UUID, *, snapshot: bool = False) -> CompactionResult | None:
         """Merge pending write-ahead rows; write a version when asked or when one is due."""
