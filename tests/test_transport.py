@@ -39,6 +39,41 @@ async def test_a_bad_handshake_gets_websockets_own_400_and_http_still_works(serv
     assert (await server.get("/healthz")).status_code == 200  # HTTP on the same port, on Starlette
 
 
+_UPGRADE = (b"GET /ws/%s HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+
+
+async def _opened(reader: asyncio.StreamReader) -> bytes:
+    """The 101's headers, once the room's first frame (our sync step 1: 0x82, length, 0, 0) follows them."""
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    frame = await asyncio.wait_for(reader.readexactly(4), 5)
+    assert frame[0] == 0x82 and frame[2:4] == b"\x00\x00", frame
+    return head
+
+
+async def test_an_upgrade_whole_in_pieces_or_after_a_keep_alive_request_opens_the_room(server) -> None:  # type: ignore[no-untyped-def]
+    """uvicorn parses the request and hands the socket to our protocol, whichever way it arrived."""
+    for name, parts in (("whole", [_UPGRADE % b"whole"]),
+                        ("pieces", [(_UPGRADE % b"pieces")[:30], (_UPGRADE % b"pieces")[30:]]),
+                        ("after-http", [b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n", _UPGRADE % b"after-http"])):
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        try:
+            for part in parts:
+                if part.startswith(b"GET /ws/") and name == "after-http":
+                    status = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+                    assert status.startswith(b"HTTP/1.1 200"), status
+                    length = int(status.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+                    await reader.readexactly(length)
+                writer.write(part)
+                await writer.drain()
+                await asyncio.sleep(0.05)  # a separate read on the server
+            head = await _opened(reader)
+            assert head.startswith(b"HTTP/1.1 101"), (name, head)
+            assert b"sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo=" in head.lower(), (name, head)
+        finally:
+            writer.close()
+
+
 async def test_a_fragmented_update_is_reassembled_and_pings_are_answered(server) -> None:  # type: ignore[no-untyped-def]
     reader = await YClient(server.ws_url("fragments")).connect()
     doc = Doc()
