@@ -96,7 +96,7 @@ class WebSocketProtocol(asyncio.Protocol):
     """One WebSocket connection, and the core's `Peer` for it."""
 
     __slots__ = (  # one per socket: no instance dict
-        "__weakref__", "_address", "_bucket", "_closing_since", "_ctx", "_fragments", "_gone", "_handshake",
+        "__weakref__", "_address", "_bucket", "_closing_since", "_corked", "_ctx", "_fragments", "_gone", "_handshake",
         "_max_awareness", "_next_ping", "_path", "_paused", "_ping_at", "_resumed", "_server_state",
         "_sockets", "_transport", "_ws", "conn", "room", "session",
     )
@@ -115,6 +115,7 @@ class WebSocketProtocol(asyncio.Protocol):
         self._resumed: asyncio.Future[None] | None = None
         self._gone = False  # connection_lost has run
         self._fragments: list[bytes] | None = None
+        self._corked: list[bytes] | None = None  # held from our 101 until the room is joined
         self._ping_at = 0.0  # when the last ping went out (0: none outstanding)
         self._closing_since = 0.0  # when we sent a close frame or closed the transport (0: not yet)
         self._next_ping = 0.0
@@ -225,6 +226,9 @@ class WebSocketProtocol(asyncio.Protocol):
         if self._paused or transport is None or transport.is_closing() or self._ws.close_sent is not None:
             return False
         self._ws.send_binary(frame)
+        if self._corked is not None:
+            self._corked += self._ws.data_to_send()
+            return True
         for chunk in self._ws.data_to_send():
             transport.write(chunk)
         return True
@@ -256,11 +260,13 @@ class WebSocketProtocol(asyncio.Protocol):
         """The handshake task; whatever fails in it ends this socket visibly, never silently."""
         try:
             await self._handshake_steps(request)
+            self._uncork()
             self._handshake = None  # a finished task kept for the socket's life is ~600 B each
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("opening a WebSocket failed")
+            self._uncork()
             if self.conn is not None:  # upgraded already: a close code the client acts on
                 self._refuse_open(self.conn, CloseCode.INTERNAL_ERROR, "internal error while opening")
             elif self._ws.state is State.CONNECTING:
@@ -308,12 +314,14 @@ class WebSocketProtocol(asyncio.Protocol):
         self._opened()
 
     def _accept(self, response: Response) -> None:
-        """Send the 101, then go on with a protocol object born OPEN: websockets' handshake parser
+        """Accept, then go on with a protocol object born OPEN: websockets' handshake parser
         keeps the parsed request (headers and all, about 2 KiB) alive in its generator for the
         socket's lifetime. Nothing is lost in the swap: a client sends no frame before it has
-        our 101 (RFC 6455 4.1), and our reading is paused until the room is joined."""
+        our 101 (RFC 6455 4.1), and our reading is paused until the room is joined.
+        The 101 is held until then, and leaves with the room's first frames (or its close) in
+        one write: a system call fewer per connection, a sixth of its cost in a connect storm."""
         self._ws.send_response(response)
-        self._send_pending()
+        self._corked = self._ws.data_to_send()
         self._ws = ServerProtocol(
             state=State.OPEN, max_size=self._ctx.settings.max_message_bytes, logger=_WS_LOG
         )
@@ -348,6 +356,7 @@ class WebSocketProtocol(asyncio.Protocol):
 
     def _refuse_open(self, conn: Connection, code: int, reason: str) -> None:
         """Accepted, then closed with a code the client acts on; reading resumes for its close reply."""
+        self._uncork()
         self.conn = conn
         conn.close(code, reason)
         self._resume_reading()
@@ -426,10 +435,17 @@ class WebSocketProtocol(asyncio.Protocol):
 
     # -- plumbing -------------------------------------------------------------------------------
 
+    def _uncork(self) -> None:
+        corked, self._corked = self._corked, None
+        if corked and self._transport is not None and not self._transport.is_closing():
+            self._transport.write(b"".join(corked))
+
     def _send_pending(self) -> None:
         transport = self._transport
         if transport is None:
             return
+        if self._corked is not None:
+            self._uncork()
         for chunk in self._ws.data_to_send():
             if chunk:
                 transport.write(chunk)
