@@ -35,6 +35,7 @@ from loadtest import (
     run_load,
     seed_rooms,
 )
+from loadtest.report import LoadResult
 
 T = TypeVar("T")
 SCENARIOS = ("fanout", "idle", "large", "cold", "crash")
@@ -62,6 +63,7 @@ class Plan:
     cpu_compare_rate: float = 8000.0
     idle_docs: int = 100
     idle_per_doc: int = 50
+    idle_rounds: int = 3
     large_bytes: int = 1024 * 1024
     large_edits: int = 10_000
     large_joiners: int = 5
@@ -76,8 +78,8 @@ class Plan:
             return cls(quick=False)
         return cls(
             quick=True, fanout_docs=10, fanout_steps=(200, 1000), fanout_seconds=2.0, fanout_drain=1.5,
-            cpu_compare_rate=1000.0, idle_docs=10, idle_per_doc=20, large_bytes=64 * 1024, large_edits=500,
-            large_joiners=3, cold_rooms=50, cold_rounds=1, crash_kills=2,
+            cpu_compare_rate=1000.0, idle_docs=10, idle_per_doc=20, idle_rounds=1, large_bytes=64 * 1024,
+            large_edits=500, large_joiners=3, cold_rooms=50, cold_rounds=1, crash_kills=2,
         )
 
 
@@ -136,32 +138,116 @@ def each_server(ctx: Context, one: Callable[[Context, str], dict[str, Any]]) -> 
     return out
 
 
-def fanout_one(ctx: Context, which: str) -> dict[str, Any]:
-    p = ctx.plan
-    log(f"fan-out on {SERVERS[which]}: {p.fanout_docs} x {p.fanout_clients}, steps {p.fanout_steps}")
-    with running(ctx, which) as server:
-        config = LoadConfig(
-            url=server.ws_url, documents=p.fanout_docs, clients=p.fanout_clients, steps=p.fanout_steps,
-            duration=p.fanout_seconds, drain=p.fanout_drain, mix=("typing",), check_rooms=4,
-            stop_p99_ms=1000.0, always_run_to=p.cpu_compare_rate,
-            max_seconds=60 + len(p.fanout_steps) * (p.fanout_seconds + p.fanout_drain + 10),
-        )
-        result = aio(lambda: run_load(config, probe=server.probe, progress=sys.stderr))
-    data = result.as_dict()
-    at = [s for s in result.steps if s.target_rate == p.cpu_compare_rate]
-    data["headline"] = {
-        "saturation_per_s": result.saturation(),
-        "cpu_compare_rate": p.cpu_compare_rate,
-        "server_cpu_percent_at_compare_rate": at[0].server.get("server_cpu_percent") if at else None,
-        "database_cpu_percent_at_compare_rate": at[0].server.get("database_cpu_percent") if at else None,
-        "max_generator_cpu": max((s.generator_cpu for s in result.steps), default=0.0),
-    }
-    return data
+def settle(server: ServerBase, quiet: float = 0.02, window: float = 0.5, limit: float = 20.0) -> float:
+    """Wait until the server (and its PostgreSQL and Redis) use under `quiet` of a core: what one
+    server still does after its step (a compaction, an unload) must not be measured against the other."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < limit:
+        before = server.probe()
+        time.sleep(window)
+        after = server.probe()
+        busy = sum(after.get(k, 0.0) - before.get(k, 0.0) for k in ("server_cpu_seconds", "database_cpu_seconds"))
+        if busy / window < quiet:
+            break
+    return round(time.monotonic() - t0, 1)
 
 
-def idle_one(ctx: Context, which: str) -> dict[str, Any]:
+def fanout(ctx: Context) -> dict[str, Any]:
+    """Both servers run side by side (idle between their turns) and take each step in turn, the
+    order swapped at every step: the machine drifts (the same step differs by a fifth between runs
+    minutes apart here), and a step measured on both within half a minute keeps the ratio honest."""
     p = ctx.plan
-    log(f"idle connections on {SERVERS[which]}: {p.idle_docs} documents x {p.idle_per_doc}")
+    log(f"fan-out: {p.fanout_docs} x {p.fanout_clients}, steps {p.fanout_steps}, servers interleaved per step")
+    servers: dict[str, ServerBase] = {}
+    merged: dict[str, LoadResult] = {}
+    out: dict[str, Any] = {}
+    done: set[str] = set()
+    try:
+        for which in ctx.servers:
+            try:
+                servers[which] = ctx.make_server(which).start()
+            except Exception as exc:
+                log(f"fan-out: {SERVERS[which]} did not start: {exc}")
+                out[which] = {"error": f"{exc.__class__.__name__}: {exc}"}
+        for index, rate in enumerate(p.fanout_steps):
+            order = list(servers) if index % 2 == 0 else list(reversed(servers))
+            for which in order:
+                if which in done or which in out:
+                    continue
+                server = servers[which]
+                settled = settle(server)
+                config = LoadConfig(
+                    url=server.ws_url, documents=p.fanout_docs, clients=p.fanout_clients, steps=(rate,),
+                    duration=p.fanout_seconds, drain=p.fanout_drain, mix=("typing",), check_rooms=4,
+                    stop_p99_ms=1000.0, always_run_to=p.cpu_compare_rate,
+                    max_seconds=60 + p.fanout_seconds + p.fanout_drain,
+                )
+                log(f"fan-out on {SERVERS[which]}: {rate:,.0f} updates/s (settled in {settled} s)")
+                try:
+                    result = aio(lambda config=config, server=server: run_load(
+                        config, probe=server.probe, progress=sys.stderr))
+                except Exception as exc:
+                    log(f"fan-out on {SERVERS[which]} failed: {exc.__class__.__name__}: {exc}")
+                    out[which] = {"error": f"{exc.__class__.__name__}: {exc}"}
+                    continue
+                if which not in merged:
+                    merged[which] = result
+                else:
+                    total = merged[which]
+                    total.steps += result.steps
+                    total.lost += result.lost
+                    total.errors += result.errors
+                    total.converged = total.converged and result.converged
+                    total.aborted = total.aborted or result.aborted
+                step = result.steps[-1] if result.steps else None
+                if step is None or (rate >= p.cpu_compare_rate and (step.lost or step.latency.p99_ms > 1000.0)):
+                    done.add(which)  # past saturation: higher steps only pile up
+    finally:
+        for server in servers.values():
+            server.stop()
+    for which, result in merged.items():
+        data = result.as_dict()
+        at = [s for s in result.steps if s.target_rate == p.cpu_compare_rate]
+        data["headline"] = {
+            "saturation_per_s": result.saturation(),
+            "cpu_compare_rate": p.cpu_compare_rate,
+            "server_cpu_percent_at_compare_rate": at[0].server.get("server_cpu_percent") if at else None,
+            "database_cpu_percent_at_compare_rate": at[0].server.get("database_cpu_percent") if at else None,
+            "max_generator_cpu": max((s.generator_cpu for s in result.steps), default=0.0),
+        }
+        out[which] = data
+    return out
+
+
+def idle(ctx: Context) -> dict[str, Any]:
+    """`idle_rounds` rounds alternating the servers, each on a fresh process; each server's median
+    round is reported (every round is in idle.json), as for cold rooms."""
+    p = ctx.plan
+    rounds: dict[str, list[dict[str, Any]]] = {which: [] for which in ctx.servers}
+    out: dict[str, Any] = {}
+    for round_ in range(p.idle_rounds):
+        for which in ctx.servers if round_ % 2 == 0 else tuple(reversed(ctx.servers)):
+            if which in out:
+                continue
+            log(f"idle connections on {SERVERS[which]}, round {round_ + 1}/{p.idle_rounds}: "
+                f"{p.idle_docs} documents x {p.idle_per_doc}")
+            try:
+                rounds[which].append(idle_round(ctx, which))
+            except Exception as exc:
+                log(f"idle on {SERVERS[which]} failed: {exc.__class__.__name__}: {exc}")
+                out[which] = {"error": f"{exc.__class__.__name__}: {exc}"}
+    for which, measured in rounds.items():
+        if which in out or not measured:
+            continue
+        median = sorted(measured, key=lambda r: r["open_and_sync_seconds"])[len(measured) // 2]
+        out[which] = {**median, "rounds": measured,
+                      "open_and_sync_seconds_rounds": [r["open_and_sync_seconds"] for r in measured],
+                      "kib_per_connection_rounds": [r["kib_per_connection"] for r in measured]}
+    return out
+
+
+def idle_round(ctx: Context, which: str) -> dict[str, Any]:
+    p = ctx.plan
     with running(ctx, which) as server:
 
         async def measure() -> dict[str, Any]:
@@ -254,14 +340,6 @@ def _cold_pass(server: ServerBase, names: list[str], parallel: int) -> dict[str,
     if "database_cpu_seconds" in after:
         info["database_cpu_seconds"] = round(after["database_cpu_seconds"] - before["database_cpu_seconds"], 3)
     return info
-
-
-def fanout(ctx: Context) -> dict[str, Any]:
-    return each_server(ctx, fanout_one)
-
-
-def idle(ctx: Context) -> dict[str, Any]:
-    return each_server(ctx, idle_one)
 
 
 def large(ctx: Context) -> dict[str, Any]:
