@@ -223,7 +223,7 @@ async def test_a_connection_gone_within_the_batch_window_never_reaches_redis(red
         before = presence.commands_sent
         presence.on_join(room, stays)  # type: ignore[arg-type]
         await eventually(lambda: None, lambda _: presence.commands_sent > before, timeout=5 * BATCH_SECONDS + 1)
-        assert presence.commands_sent == before + 2  # SET + ZADD
+        assert presence.commands_sent == before + 1  # the record and its index entry in one EVAL
         assert await redis.exists(record_key(stays.id))
         before = presence.commands_sent
         presence.on_join(room, passes)  # type: ignore[arg-type]
@@ -232,6 +232,41 @@ async def test_a_connection_gone_within_the_batch_window_never_reaches_redis(red
         await eventually(lambda: None, lambda _: presence.commands_sent > before, timeout=5 * BATCH_SECONDS + 1)
         assert presence.commands_sent == before + 2  # DEL + ZREM of the one that was written, nothing else
         assert not await redis.exists(record_key(stays.id)) and not await redis.exists(record_key(passes.id))
+    finally:
+        await presence.on_stop()
+        await redis.aclose()
+
+
+async def test_a_storm_of_joins_is_one_command_with_every_record_and_index_entry(redis_url, tmp_path: Path) -> None:
+    """4,500 joins in one room and 3 in another within one batch window: one EVAL writes them all
+    (9,000 ZADD arguments: past Lua's unpack limit, so the script adds them 500 pairs at a time)."""
+    from types import SimpleNamespace
+
+    from collab_server.cluster.presence import BATCH_SECONDS
+
+    redis = aioredis.from_url(redis_url)
+    settings = make_settings(tmp_path, process_heartbeat_seconds=60.0)
+    presence = Presence(redis, settings, f"storm-test-{time.time_ns()}")
+    big, small = (SimpleNamespace(id=open_document_id(f"storm-{n}-{time.time_ns()}")) for n in ("big", "small"))
+
+    def conn(cid: str) -> SimpleNamespace:
+        return SimpleNamespace(id=cid, info=SimpleNamespace(user_id=None, device_type="web", device_name=None,
+                                                          client_version=None))
+
+    await presence.on_start(None)  # type: ignore[arg-type]
+    try:
+        await eventually(lambda: None, lambda _: presence.commands_sent >= 1, what="the first heartbeat")
+        before = presence.commands_sent
+        tag = time.time_ns()
+        joined = [(big, conn(f"b{i}-{tag}")) for i in range(4500)] + [(small, conn(f"s{i}-{tag}")) for i in range(3)]
+        for room, c in joined:
+            presence.on_join(room, c)  # type: ignore[arg-type]
+        await eventually(lambda: None, lambda _: presence.commands_sent > before, timeout=5 * BATCH_SECONDS + 1)
+        assert presence.commands_sent == before + 1
+        assert await redis.zcard(index_key(big.id)) == 4500 and await redis.zcard(index_key(small.id)) == 3
+        assert await redis.exists(*(record_key(c.id) for _, c in joined)) == len(joined)
+        ttl = await redis.ttl(record_key(joined[0][1].id))
+        assert 0 < ttl <= settings.presence_ttl_seconds
     finally:
         await presence.on_stop()
         await redis.aclose()

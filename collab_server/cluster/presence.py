@@ -37,15 +37,28 @@ PREFIX = "collab:"
 # a connection that joins and leaves inside it (a cold room opened and read) never reaches Redis.
 BATCH_SECONDS = 0.02
 
-# Many records in one command: a connect storm's flush would otherwise be one SET (and one reply
-# for redis-py to parse, under its own timeout) per connection. EVAL rather than EVALSHA, so a
-# Redis that restarted and lost its script cache needs no second attempt.
-_SET_SCRIPT = """
-local ttl = ARGV[1]
-for i, key in ipairs(KEYS) do
-  redis.call('SET', key, ARGV[i + 1], 'EX', ttl)
+# A flush's records and their index entries in one command: a connect storm's flush would otherwise
+# be a SET per connection and a ZADD per document (each a reply for redis-py to parse, under its own
+# timeout). KEYS: the n record keys, then the index keys; ARGV: ttl, n, the n records, then for
+# each index key its member count and (score, member) pairs, added 500 pairs at a time (Lua's
+# unpack has a limit). EVAL rather than EVALSHA, so a Redis that restarted and lost its script
+# cache needs no second attempt.
+_WRITE_SCRIPT = """
+local ttl, n = ARGV[1], tonumber(ARGV[2])
+for i = 1, n do
+  redis.call('SET', KEYS[i], ARGV[2 + i], 'EX', ttl)
 end
-return #KEYS
+local at = 3 + n
+for j = n + 1, #KEYS do
+  local stop = at + 1 + 2 * tonumber(ARGV[at])
+  at = at + 1
+  while at < stop do
+    local last = math.min(at + 999, stop - 1)
+    redis.call('ZADD', KEYS[j], unpack(ARGV, at, last))
+    at = last + 1
+  end
+end
+return n
 """
 
 # One round trip: prune expired index members, read the live records, drop dead processes.
@@ -289,14 +302,11 @@ class Presence(Extension):
                 self._sent.add(cid)  # before the reply: a leave meanwhile must delete it
                 if full or cid not in self._last_write:
                     indexed.setdefault(record.document_id, []).extend((now + ttl, cid))
-            if len(keys) == 1:
-                command("SET", keys[0], values[0], "EX", ttl)
-                count += 1
-            elif keys:
-                command("EVAL", _SET_SCRIPT, len(keys), *keys, ttl, *values)
-                count += 1
-            for document_id, members in indexed.items():
-                command("ZADD", index_key(document_id), *members)
+            if keys:
+                index_keys = [index_key(document_id) for document_id in indexed]
+                entries = [x for members in indexed.values() for x in (len(members) // 2, *members)]
+                command("EVAL", _WRITE_SCRIPT, len(keys) + len(index_keys), *keys, *index_keys,
+                        ttl, len(keys), *values, *entries)
                 count += 1
             beat_at = count
             if beat:  # GET: the previous value, None when Redis restarted (or flushed) since the last beat
