@@ -319,7 +319,8 @@ class WebSocketProtocol(asyncio.Protocol):
         socket's lifetime. Nothing is lost in the swap: a client sends no frame before it has
         our 101 (RFC 6455 4.1), and our reading is paused until the room is joined.
         The 101 is held until then, and leaves with the room's first frames (or its close) in
-        one write: a system call fewer per connection, a sixth of its cost in a connect storm."""
+        one write: a system call fewer per connection (strace: 3 writes per connection opened
+        and synced instead of 4)."""
         self._ws.send_response(response)
         self._corked = self._ws.data_to_send()
         self._ws = ServerProtocol(
