@@ -74,6 +74,32 @@ async def test_an_upgrade_whole_in_pieces_or_after_a_keep_alive_request_opens_th
             writer.close()
 
 
+async def test_a_cold_room_answers_101_before_its_load_and_a_live_one_with_its_first_frames(server, db) -> None:  # type: ignore[no-untyped-def]
+    """While PostgreSQL is slow to load a room the client already has its 101 (its first message
+    travels meanwhile); once the room is live, the 101 and our sync step 1 arrive together."""
+    from collab_server.storage.postgres import open_document_id
+
+    name = b"slow-to-load"
+    async with db.transaction():
+        await db.execute("LOCK TABLE documents IN ACCESS EXCLUSIVE MODE")  # the load waits for it
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(_UPGRADE % name)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 101"), head
+        assert server.ctx.hub.get(open_document_id(name.decode())) is None  # still loading
+    frame = await asyncio.wait_for(reader.readexactly(4), 5)  # the lock is gone: the room's step 1
+    assert frame[0] == 0x82 and frame[2:4] == b"\x00\x00", frame
+    reader2, writer2 = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        writer2.write(_UPGRADE % name)
+        both = await asyncio.wait_for(reader2.read(65536), 5)
+        head, _, rest = both.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101") and rest[:1] == b"\x82" and rest[2:4] == b"\x00\x00", both
+    finally:
+        writer.close()
+        writer2.close()
+
+
 async def test_a_fragmented_update_is_reassembled_and_pings_are_answered(server) -> None:  # type: ignore[no-untyped-def]
     reader = await YClient(server.ws_url("fragments")).connect()
     doc = Doc()
