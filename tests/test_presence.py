@@ -3,6 +3,7 @@
 import asyncio
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -200,11 +201,15 @@ async def test_presence_is_back_within_a_heartbeat_when_redis_loses_it(db_url: s
         private.stop()
 
 
+def _fake_conn(cid: str) -> SimpleNamespace:
+    """What Presence reads of a connection."""
+    return SimpleNamespace(id=cid, info=SimpleNamespace(user_id=None, device_type="web", device_name=None,
+                                                      client_version=None))
+
+
 async def test_a_connection_gone_within_the_batch_window_never_reaches_redis(redis_url, tmp_path: Path) -> None:
     """A cold room opened and read (join, sync, leave in a few ms) costs Redis nothing; one that stays
     is written within the window and deleted when it leaves."""
-    from types import SimpleNamespace
-
     from collab_server.cluster.presence import BATCH_SECONDS
 
     redis = aioredis.from_url(redis_url)
@@ -212,14 +217,10 @@ async def test_a_connection_gone_within_the_batch_window_never_reaches_redis(red
     presence = Presence(redis, settings, f"batch-test-{time.time_ns()}")
     room = SimpleNamespace(id=open_document_id("batched"))
 
-    def conn(cid: str) -> SimpleNamespace:
-        return SimpleNamespace(id=cid, info=SimpleNamespace(user_id=None, device_type="web", device_name=None,
-                                                          client_version=None))
-
     await presence.on_start(None)  # type: ignore[arg-type]
     try:
         await eventually(lambda: None, lambda _: presence.commands_sent >= 1, what="the first heartbeat")
-        stays, passes = conn(f"stays-{time.time_ns()}"), conn(f"passes-{time.time_ns()}")
+        stays, passes = _fake_conn(f"stays-{time.time_ns()}"), _fake_conn(f"passes-{time.time_ns()}")
         before = presence.commands_sent
         presence.on_join(room, stays)  # type: ignore[arg-type]
         await eventually(lambda: None, lambda _: presence.commands_sent > before, timeout=5 * BATCH_SECONDS + 1)
@@ -240,8 +241,6 @@ async def test_a_connection_gone_within_the_batch_window_never_reaches_redis(red
 async def test_a_storm_of_joins_is_one_command_with_every_record_and_index_entry(redis_url, tmp_path: Path) -> None:
     """4,500 joins in one room and 3 in another within one batch window: one EVAL writes them all
     (9,000 ZADD arguments: past Lua's unpack limit, so the script adds them 500 pairs at a time)."""
-    from types import SimpleNamespace
-
     from collab_server.cluster.presence import BATCH_SECONDS
 
     redis = aioredis.from_url(redis_url)
@@ -249,16 +248,13 @@ async def test_a_storm_of_joins_is_one_command_with_every_record_and_index_entry
     presence = Presence(redis, settings, f"storm-test-{time.time_ns()}")
     big, small = (SimpleNamespace(id=open_document_id(f"storm-{n}-{time.time_ns()}")) for n in ("big", "small"))
 
-    def conn(cid: str) -> SimpleNamespace:
-        return SimpleNamespace(id=cid, info=SimpleNamespace(user_id=None, device_type="web", device_name=None,
-                                                          client_version=None))
-
     await presence.on_start(None)  # type: ignore[arg-type]
     try:
         await eventually(lambda: None, lambda _: presence.commands_sent >= 1, what="the first heartbeat")
         before = presence.commands_sent
         tag = time.time_ns()
-        joined = [(big, conn(f"b{i}-{tag}")) for i in range(4500)] + [(small, conn(f"s{i}-{tag}")) for i in range(3)]
+        joined = [(big, _fake_conn(f"b{i}-{tag}")) for i in range(4500)]
+        joined += [(small, _fake_conn(f"s{i}-{tag}")) for i in range(3)]
         for room, c in joined:
             presence.on_join(room, c)  # type: ignore[arg-type]
         await eventually(lambda: None, lambda _: presence.commands_sent > before, timeout=5 * BATCH_SECONDS + 1)

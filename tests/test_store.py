@@ -913,16 +913,21 @@ _ENTRY = re.compile(r"\n(?=\d{4}-\d\d-\d\d \d)")  # PostgreSQL's log: one entry 
 _STATEMENT = re.compile(r"LOG:  (?:statement|execute [^:]*): (.*)", re.DOTALL)
 
 
+async def _log_every_statement(database_url: str) -> None:
+    """PostgreSQL logs every statement of this database (its own count: a pool reset would show too)."""
+    conn = await dbmod.connect(database_url)
+    try:
+        await conn.execute(f'ALTER DATABASE "{database_url.rsplit("/", 1)[1]}" SET log_statement = \'all\'')
+    finally:
+        await conn.close()
+
+
 async def test_a_cold_room_costs_one_statement_and_a_live_one_none(
     private_pg: EmbeddedPostgres, private_db: str, redis_url: str, tmp_path: Path
 ) -> None:
     """Counted by PostgreSQL itself (log_statement for this database), so a pool reset or an
     existence check on the upgrade would show up too."""
-    conn = await dbmod.connect(private_db)
-    try:
-        await conn.execute(f'ALTER DATABASE "{private_db.rsplit("/", 1)[1]}" SET log_statement = \'all\'')
-    finally:
-        await conn.close()
+    await _log_every_statement(private_db)
     server = await RunningServer(make_settings(tmp_path), private_db, redis_url).start()
     log = private_pg.data_dir / "server.log"
     hub, store = server.ctx.hub, server.ctx.store
@@ -974,11 +979,7 @@ async def test_rooms_opened_at_once_load_in_a_few_statements_each_with_its_own_c
 ) -> None:
     """A reconnect storm: 40 rooms asked for at once share load statements (counted by PostgreSQL
     itself), and each room still gets its own document and pending updates, not a neighbour's."""
-    conn = await dbmod.connect(private_db)
-    try:
-        await conn.execute(f'ALTER DATABASE "{private_db.rsplit("/", 1)[1]}" SET log_statement = \'all\'')
-    finally:
-        await conn.close()
+    await _log_every_statement(private_db)
     server = await RunningServer(make_settings(tmp_path), private_db, redis_url).start()
     log = private_pg.data_dir / "server.log"
     store = server.ctx.store
