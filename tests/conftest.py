@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import os
 import shutil
 import socket
@@ -190,11 +191,22 @@ class RunningServer:
     async def stop(self) -> None:
         if self.server is not None and self.task is not None and not self.task.done():
             self.server.should_exit = True
-            await asyncio.wait_for(self.task, 60)
+            done, _ = await asyncio.wait({self.task}, timeout=60)
+            if not done:  # say where the shutdown hangs: every task's stack, before cancelling it
+                stacks = "\n".join(_task_stack(task) for task in asyncio.all_tasks() if not task.done())
+                self.task.cancel()
+                raise TimeoutError(f"the server did not stop within 60 s; its tasks:\n{stacks}")
+            self.task.result()
 
     async def get(self, path: str, **kw: Any) -> httpx.Response:
         async with httpx.AsyncClient(base_url=self.http, timeout=10) as client:
             return await client.get(path, **kw)
+
+
+def _task_stack(task: asyncio.Task[Any]) -> str:
+    out = io.StringIO()
+    task.print_stack(limit=12, file=out)
+    return out.getvalue()
 
 
 ServerFactory = Callable[..., Awaitable[RunningServer]]
