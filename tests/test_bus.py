@@ -141,3 +141,30 @@ async def test_serve_with_two_workers_shares_documents(spawn_server, server) -> 
     for c in clients:
         await c.wait_closed(3)
         assert c.close_code == 1001
+
+
+async def test_a_server_stops_in_bounded_time_while_redis_is_frozen(db_url: str, tmp_path: Path) -> None:
+    """Redis alive but answering nothing (SIGSTOP: its sockets stay open): the bus's and presence's
+    waits at shutdown are bounded, so the server still stops, and editing went on meanwhile."""
+    import os
+    import signal
+
+    private = EmbeddedRedis(tmp_path / "redis", persist=False).start()
+    pid = int((private.data_dir / "redis.pid").read_text().strip())
+    server = await RunningServer(make_settings(tmp_path), db_url, private.url).start()
+    stopped = False
+    try:
+        client = await YClient(server.ws_url("frozen")).connect()
+        os.kill(pid, signal.SIGSTOP)
+        client.doc.get("content", type=Text).insert(0, "typed while Redis is frozen")
+        assert await server.ctx.wal.flush(10)  # PostgreSQL has it: Redis is not on the edit path
+        await client.close()
+        t0 = time.monotonic()
+        await server.stop()
+        stopped = True
+        assert time.monotonic() - t0 < 30
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        if not stopped:
+            await server.stop()
+        private.stop()

@@ -25,7 +25,6 @@ not relaying to each other.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -43,6 +42,8 @@ from collab_server.core.extension import Extension
 from collab_server.core.hub import Hub
 from collab_server.core.room import Room
 from collab_server.core.storage import PendingUpdate
+
+from .stopping import bounded, cancel_and_reap
 
 log = logging.getLogger("collab.bus")
 
@@ -116,18 +117,11 @@ class Bus(Extension):
     async def on_stop(self) -> None:
         if self._republishing is not None:
             self._republishing.cancel()
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._flush(), 2)
-        with contextlib.suppress(Exception):
-            await self._writer_redis.zrem(PROCESSES, self.process_id)
+        await cancel_and_reap(self._tasks)
+        await bounded(self._flush())
+        await bounded(self._writer_redis.zrem(PROCESSES, self.process_id))
         for client in (self._reader_redis, self._writer_redis):
-            with contextlib.suppress(Exception):
-                await client.aclose()
+            await bounded(client.aclose())
 
     def on_loading(self, document_id: UUID) -> None:
         """Subscribe before the room reads the store (see the module docstring)."""

@@ -12,7 +12,6 @@ Every call fails soft: Redis down never stops editing, and the next heartbeat re
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -29,6 +28,8 @@ from collab_server.core.connection import Connection
 from collab_server.core.extension import Extension
 from collab_server.core.hub import Hub
 from collab_server.core.room import Room
+
+from .stopping import bounded, cancel_and_reap
 
 log = logging.getLogger("collab.presence")
 
@@ -198,16 +199,11 @@ class Presence(Extension):
         ]
 
     async def on_stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_reap(self._tasks)
         # A clean shutdown removes this process's records and heartbeat at once.
         self._removed.update({cid: r.document_id for cid, r in self.records.items() if cid in self._sent})
         self.records.clear()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._write(set(), final=True), 2)
+        await bounded(self._write(set(), final=True))
 
     # -- hub hooks ---------------------------------------------------------------------------
 

@@ -130,7 +130,7 @@ async def stop_context(ctx: AppContext) -> None:
     with contextlib.suppress(Exception):
         await asyncio.wait_for(ctx.pool.close(), 5)
     with contextlib.suppress(Exception):
-        await ctx.redis.aclose()
+        await asyncio.wait_for(ctx.redis.aclose(), 2)
 
 
 async def healthz(request: Request) -> Response:
