@@ -31,7 +31,7 @@ class BatchedLookup(Generic[K, V]):
         self._inflight = 0
         self._scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
-        self.batches = 0  # statements sent (for tests and the console)
+        self.batches = 0  # fetches sent (`DocumentStore.load_statements`, which the tests read)
 
     async def get(self, key: K) -> V | None:
         future: asyncio.Future[V | None] = asyncio.get_running_loop().create_future()
