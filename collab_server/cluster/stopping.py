@@ -1,4 +1,4 @@
-"""Stopping the Redis-backed extensions: every wait bounded.
+"""Stopping what talks to Redis (and the app's other clients): every wait bounded.
 
 A shutdown must not hang on Redis: it may be just restarting or frozen, and redis-py's connection
 pool takes locks while a cancelled read disconnects. (A test server's stop once hung for 60 s right

@@ -25,6 +25,7 @@ from collab_server.access.limits import AddressLimiter, TrustedProxies
 from collab_server.access.revocation import RevocationWatcher
 from collab_server.cluster.bus import Bus
 from collab_server.cluster.presence import Presence
+from collab_server.cluster.stopping import bounded
 from collab_server.config import Settings
 from collab_server.context import AppContext
 from collab_server.core.compaction import CompactionConfig
@@ -127,10 +128,8 @@ async def start_context(ctx: AppContext) -> None:
 async def stop_context(ctx: AppContext) -> None:
     await ctx.hub.shutdown()
     ctx.offloop.close()
-    with contextlib.suppress(Exception):
-        await asyncio.wait_for(ctx.pool.close(), 5)
-    with contextlib.suppress(Exception):
-        await asyncio.wait_for(ctx.redis.aclose(), 2)
+    await bounded(ctx.pool.close(), 5)
+    await bounded(ctx.redis.aclose())
 
 
 async def healthz(request: Request) -> Response:

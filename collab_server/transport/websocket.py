@@ -360,8 +360,8 @@ class WebSocketProtocol(asyncio.Protocol):
         self._opened()
 
     def _refuse_open(self, conn: Connection, code: int, reason: str) -> None:
-        """Accepted, then closed with a code the client acts on; reading resumes for its close reply."""
-        self._uncork()
+        """Accepted, then closed with a code the client acts on; reading resumes for its close reply.
+        (A held 101 leaves first: the close frame goes out through `_send_pending`, which uncorks.)"""
         self.conn = conn
         conn.close(code, reason)
         self._resume_reading()
