@@ -48,7 +48,7 @@ class State:
 async def current_state(ctx: AppContext, document_id: UUID) -> State:
     room = ctx.hub.get(document_id)
     if room is not None:
-        return State(room.doc.get_update(), room.type)
+        return State(room.whole_update(), room.type)
     loaded = await ctx.store.load(document_id)
     if loaded is None:
         raise ApiError(404, "document not found")
@@ -128,7 +128,7 @@ async def apply(ctx: AppContext, access: DocumentAccess, update: bytes, who: Cli
                 room.apply_update(update, None, actor=who)
             except ProtocolError as exc:
                 raise ApiError(_REFUSAL_STATUS.get(exc.code, 400), exc.reason) from None
-            vector = room.doc.get_state()
+            vector = room.state_vector()
     except RoomUnavailable as exc:
         if exc.code == CloseCode.NOT_FOUND:
             raise ApiError(404, "document not found") from None

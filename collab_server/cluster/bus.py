@@ -297,7 +297,7 @@ class Bus(Extension):
             return
         await self._hub.flush(5.0)
         for room in self._hub.rooms():
-            self.publish(room.id, KIND_UPDATE, room.doc.get_update())
+            self.publish(room.id, KIND_UPDATE, room.whole_update())
 
     def _forget(self, peer: RemotePeer) -> None:
         log.info("process %s is gone: removing its clients' awareness", peer.process_id)

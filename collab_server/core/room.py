@@ -38,6 +38,8 @@ log = logging.getLogger("collab.room")
 
 _NO_EXTENSIONS = Extensions()
 _EMPTY_UPDATE = b"\x00\x00"  # no structs, no deletions
+_EMPTY_VECTOR = b"\x00"  # a state vector that knows nothing: a fresh client's sync step 1
+WHOLE_CACHE_BYTES = 256 * 1024  # the largest whole-document update a room keeps for joiners
 SIZE_RECHECK = 5.0  # seconds between exact measurements of a document at its size limit
 
 
@@ -84,14 +86,41 @@ class Room:
         self.max_missing_bytes = max_missing_bytes
         self._missing: list[bytes] = []
         self.missing_bytes = 0
+        # The Doc's state vector and its whole state as one update, encoded once and kept until it
+        # changes: every joiner is sent the first and a fresh client asks for the second.
+        self._vector: bytes | None = None
+        self._whole: bytes | None = None
+
+    # -- the document's encodings, cached until it changes ------------------------------------
+
+    def state_vector(self) -> bytes:
+        vector = self._vector
+        if vector is None:
+            vector = self._vector = self.doc.get_state()
+        return vector
+
+    def whole_update(self) -> bytes:
+        """The whole document as one update (what a client that has nothing is sent)."""
+        whole = self._whole
+        if whole is None:
+            whole = self.doc.get_update()
+            if len(whole) <= WHOLE_CACHE_BYTES:
+                self._whole = whole
+        return whole
+
+    def _changed(self) -> None:
+        self._vector = self._whole = None
 
     # -- loading -------------------------------------------------------------------------
 
     def load_state(self, state: bytes) -> None:
         """Apply the stored state without relaying or re-storing it."""
         if state:
+            self._changed()
             self.doc.apply_update(state)
             self._hold_missing(state)
+            if not self._missing and len(state) <= WHOLE_CACHE_BYTES:
+                self._whole = state  # the Doc holds exactly this: a joiner needs no encode
         self.size = len(state)
 
     # -- connections ---------------------------------------------------------------------
@@ -101,7 +130,7 @@ class Room:
         # What a y-websocket server sends on connect: its step 1, then everyone's awareness. (A
         # Hocuspocus client gets the step 1 in answer to its own, after the step 2.)
         if not conn.acknowledges:
-            conn.send(encode_sync_step1(self.doc.get_state()))
+            conn.send(encode_sync_step1(self.state_vector()))
         states = self.awareness.encode_all()
         if states is not None:
             conn.send(encode_awareness(states))
@@ -131,7 +160,7 @@ class Room:
             self._handle_awareness(conn, msg.payload)
         elif kind is Kind.SYNC_STEP1:
             try:
-                diff = self.doc.get_update(msg.payload)
+                diff = self.whole_update() if msg.payload == _EMPTY_VECTOR else self.doc.get_update(msg.payload)
             except BaseException as exc:  # ValueError, or a Rust panic (PanicException is a BaseException)
                 if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                     raise
@@ -140,7 +169,7 @@ class Room:
             if conn.acknowledges:
                 # As Hocuspocus answers: its step 1 follows, and the client's step 2 in reply is
                 # acknowledged, which is what settles the provider's sync (and `forceSync`).
-                conn.send(encode_sync_step1(self.doc.get_state()))
+                conn.send(encode_sync_step1(self.state_vector()))
         elif kind is Kind.QUERY_AWARENESS:
             states = self.awareness.encode_all()
             if states is not None:
@@ -166,7 +195,7 @@ class Room:
         if not thorough:
             return False
         copy: Doc[Any] = Doc()
-        copy.apply_update(self.doc.get_update())
+        copy.apply_update(self.whole_update())
         try:
             return not self._apply_observed(update, copy)
         except BaseException as exc:  # invalid update, or a Rust panic
@@ -213,6 +242,7 @@ class Room:
             return
         if self.max_bytes:
             self._admit(len(update))
+        self._changed()
         try:
             if as_sent:
                 self.doc.apply_update(update)
@@ -229,7 +259,7 @@ class Room:
         if not as_sent or origin is None:
             # A step 2's waiting structs are stored too (no observer saw them); an HTTP write is
             # refused here, while it can still be told. Clients' edits are checked at the flush.
-            left = get_update(update, self.doc.get_state())
+            left = get_update(update, self.state_vector())
             if _has_structs(left):
                 limit = self.max_missing_bytes
                 if origin is None and limit and self.missing_bytes + len(left) > limit:
@@ -247,7 +277,7 @@ class Room:
             now = time.monotonic()
             if now - self._measured_at >= SIZE_RECHECK:  # deletions, merges: the estimate runs high
                 self._measured_at = now
-                self.size = len(self.doc.get_update())
+                self.size = len(self.whole_update())
             if self.size + size > self.max_bytes:
                 raise ProtocolError(
                     CloseCode.DOCUMENT_TOO_LARGE,
@@ -259,7 +289,7 @@ class Room:
         """Note what of `update` waits for changes the room does not have, re-check what waited
         before; past `max_missing_bytes`, rebuild the Doc without any waiting structs (those that
         were accepted are in storage: a compaction merges them, never drops them) and say so."""
-        state = self.doc.get_state() if state is None else state
+        state = self.state_vector() if state is None else state
         left = get_update(update, state)
         if not self._missing and not _has_structs(left):
             return False
@@ -282,7 +312,7 @@ class Room:
         """Once per turn, for the whole batch (an encode of the state vector and a diff): past the
         limit, the edits that left structs waiting are neither relayed nor stored, and their
         connections are closed (4409)."""
-        state = self.doc.get_state()
+        state = self.state_vector()
         if not self._hold_missing(merged, state):
             return pending
         offenders = {p.origin for p in pending if p.origin is not None and _has_structs(get_update(p.update, state))}
@@ -296,6 +326,7 @@ class Room:
         fresh: Doc[Any] = Doc()
         fresh.apply_update(self.doc.get_update())
         self.doc = fresh
+        self._changed()
         self._missing = []
         self.missing_bytes = 0
 
@@ -313,6 +344,7 @@ class Room:
         """Apply what another process (or the store, in a repair) already wrote ahead: relay
         the part that is new here to local clients, but do not store it again. Only the new part:
         a repair applies a whole stored state, which local clients mostly have."""
+        self._changed()
         for change in self._apply_observed(update):
             self.size += len(change)  # stored elsewhere already: counted, never refused
             self._collect(AppliedUpdate(change, None, None, True))

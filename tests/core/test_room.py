@@ -205,3 +205,64 @@ async def test_updates_waiting_for_dependencies_are_bounded_per_room() -> None:
     await turns()
     assert str(room.doc.get("content", type=Text)) == "kept and working"
     assert room.counters.values["collab_missing_refused_total"] == 1
+
+
+def _step2_payloads(client: MemoryClient) -> list[bytes]:
+    return [m.payload for m in client.peer.messages() if m.kind is Kind.SYNC_STEP2]
+
+
+async def test_joiners_share_one_encoding_of_the_document_until_it_changes() -> None:
+    """A fresh client's step 2 is the whole document: encoded once per change, not per joiner
+    (a loaded room serves its stored state as it is)."""
+    stored = edit("stored")
+    room = Room(uuid.uuid4())
+    room.load_state(stored)
+    first, second = MemoryClient().attach(room), MemoryClient().attach(room)
+    await turns()
+    assert _step2_payloads(first) == _step2_payloads(second) == [stored]
+    assert room.whole_update() is stored and room.state_vector() is room.state_vector() == room.doc.get_state()
+    first.text.insert(0, "new ")
+    await turns()
+    third = MemoryClient().attach(room)
+    await eventually(lambda: str(third), lambda s: s == "new stored", what="the joiner after an edit")
+    assert room.whole_update() is not stored and room.whole_update() is room.whole_update()
+
+
+async def test_every_change_to_the_document_reaches_the_next_joiner() -> None:
+    """Each way the Doc changes (load, edit, step 2, another process's update, a release of
+    waiting structs) refreshes the cached state vector and whole update."""
+    room = Room(uuid.uuid4(), max_missing_bytes=1000)
+    expected = ""
+
+    async def joiner_sees_it() -> None:
+        assert room.state_vector() == room.doc.get_state()
+        fresh = MemoryClient().attach(room)
+        await eventually(lambda: str(fresh), lambda s: s == expected, what=f"a joiner sees {expected!r}")
+        fresh.conn.close(1000, "done")
+        room.remove(fresh.conn)
+
+    room.load_state(edit("a"))
+    expected = "a"
+    await joiner_sees_it()
+    editor = MemoryClient().attach(room)
+    await turns()
+    editor.text.insert(len(editor.text), "b")
+    expected = "ab"
+    await turns()
+    await joiner_sees_it()
+    other = Doc()
+    other.apply_update(room.doc.get_update())
+    other.get("content", type=Text).insert(2, "c")
+    MemoryClient().attach(room).send(Message(Kind.SYNC_STEP2, other.get_update()))
+    expected = "abc"
+    await turns()
+    await joiner_sees_it()
+    other.get("content", type=Text).insert(3, "d")
+    room.apply_remote(other.get_update())
+    expected = "abcd"
+    await turns()
+    await joiner_sees_it()
+    editor.send(Message(Kind.SYNC_UPDATE, dependent_edits(2000)[1]))  # past the bound: released
+    await turns()
+    assert room.missing_bytes == 0
+    await joiner_sees_it()
