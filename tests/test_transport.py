@@ -182,3 +182,37 @@ async def test_the_serving_process_freezes_its_startup_objects_out_of_the_collec
     gauges = {k: float(v) for k, v in (line.split() for line in text.splitlines() if line.startswith("collab_gc_"))}
     assert gauges["collab_gc_frozen_objects"] > 10_000, gauges  # modules, the app: never scanned again
     assert set(gauges) >= {f"collab_gc_collections_gen{g}" for g in range(3)}
+
+
+def test_a_broadcast_frame_is_serialised_once_as_websockets_would() -> None:
+    from websockets.protocol import State
+    from websockets.server import ServerProtocol
+
+    from collab_server.transport.websocket import WireFrames
+
+    frames = WireFrames()
+    for payload in (b"", b"\x00\x02" + b"u" * 100, b"x" * 70_000):  # the three length encodings
+        reference = ServerProtocol(state=State.OPEN)
+        reference.send_binary(payload)
+        assert frames.wire(payload) == b"".join(reference.data_to_send())
+        assert frames.wire(payload) is frames.wire(payload)  # once per frame, however many receivers
+    assert frames.wire(b"other") == WireFrames.serialize(b"other")
+
+
+async def test_every_receiver_of_a_broadcast_reads_it_whole(server) -> None:  # type: ignore[no-untyped-def]
+    """Several sockets written the same serialised frames, and a joiner in the middle of it."""
+    url = server.ws_url("shared-frame")
+    writer, a, b = [await YClient(url).connect() for _ in range(3)]
+    text = writer.doc.get("content", type=Text)
+    for i in range(10):
+        text.insert(len(text), f"{i},")
+        await asyncio.sleep(0)
+    late = await YClient(url).connect()
+    for i in range(10, 20):
+        text.insert(len(text), f"{i},")
+    expected = "".join(f"{i}," for i in range(20))
+    for client in (a, b, late):
+        await client.wait_for(lambda c=client: str(c.doc.get("content", type=Text)) == expected)
+        assert client.close_code is None
+    for client in (writer, a, b, late):
+        await client.close()

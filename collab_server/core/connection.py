@@ -204,6 +204,11 @@ class Connection:
             self.closing = True
             self._drop_queue()
 
+    @property
+    def settled(self) -> bool:
+        """Nothing of it is in flight: no backlog being written, no close frame on its way."""
+        return (self._writer is None or self._writer.done()) and (self._closer is None or self._closer.done())
+
     async def finish(self) -> None:
         """Wait briefly for the backlog and the close frame (after the read loop ended)."""
         self.closing = True
