@@ -119,9 +119,8 @@ class Backing:
         if self.pg is not None:
             with contextlib.suppress(OSError, ValueError, IndexError):
                 pids.append(int((self.pg.data_dir / "postmaster.pid").read_text().splitlines()[0]))
-        if self.redis is not None:
-            with contextlib.suppress(OSError, ValueError):
-                pids.append(int((self.redis.data_dir / "redis.pid").read_text().strip()))
+        if self.redis is not None and self.redis.pid is not None:
+            pids.append(self.redis.pid)
         return pids
 
     def stop(self) -> None:

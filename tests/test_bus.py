@@ -150,7 +150,8 @@ async def test_a_server_stops_in_bounded_time_while_redis_is_frozen(db_url: str,
     import signal
 
     private = EmbeddedRedis(tmp_path / "redis", persist=False).start()
-    pid = int((private.data_dir / "redis.pid").read_text().strip())
+    pid = private.pid
+    assert pid is not None
     server = await RunningServer(make_settings(tmp_path), db_url, private.url).start()
     stopped = False
     try:

@@ -20,7 +20,8 @@ def test_redis_restart_after_kill_recovers_stale_pid(tmp_path: Path) -> None:
         client.set("k", "v")
         again = EmbeddedRedis(tmp_path / "redis").start()
         assert not again.started_here and again.port == first.port  # reused, not a second server
-        pid = int((tmp_path / "redis" / "redis.pid").read_text())
+        pid = first.pid
+        assert pid is not None
         os.kill(pid, signal.SIGKILL)
         psutil.Process(pid).wait(5) if psutil.pid_exists(pid) else None
         revived = EmbeddedRedis(tmp_path / "redis").start()

@@ -251,9 +251,19 @@ class EmbeddedRedis:
     def _port_file(self) -> Path:
         return self.data_dir / "port"
 
+    @property
+    def pid(self) -> int | None:
+        """The server's process id, from its pid file (None while there is none)."""
+        try:
+            return int(self._pid_file.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+
     def _running_port(self) -> int | None:
         try:
-            pid = int(self._pid_file.read_text().strip())
+            pid = self.pid
+            if pid is None:
+                raise FileNotFoundError(self._pid_file)
             port = int(self._port_file.read_text().strip())
             proc = psutil.Process(pid)
             alive = proc.is_running() and "redis" in proc.name() and proc.status() != "zombie"
@@ -293,10 +303,11 @@ class EmbeddedRedis:
             "--protected-mode", "yes",
         ]
         result = subprocess.run(args, capture_output=True, text=True, timeout=30, check=False)
+        # Redis listens before it writes its pid file: wait for both, or `stop` finds no pid.
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and not _port_open(self.port):
+        while time.monotonic() < deadline and (not _port_open(self.port) or self.pid is None):
             time.sleep(0.02)
-        if result.returncode != 0 or not _port_open(self.port):
+        if result.returncode != 0 or not _port_open(self.port) or self.pid is None:
             raise EmbeddedError(
                 f"embedded Redis did not start in {self.data_dir} ({result.stderr.strip()}); "
                 f"see {self.data_dir / 'redis.log'}, or delete {self.data_dir} to start afresh"
@@ -306,10 +317,12 @@ class EmbeddedRedis:
 
     def stop(self, kill: bool = False) -> None:
         """Terminate, or with `kill` SIGKILL (chaos runs: what the append-only file has not flushed is lost)."""
+        pid = self.pid
         try:
-            pid = int(self._pid_file.read_text().strip())
+            if pid is None:
+                return
             proc = psutil.Process(pid)
-        except (FileNotFoundError, ValueError, psutil.Error):
+        except psutil.Error:
             return
         if kill:
             proc.kill()
