@@ -68,12 +68,14 @@ def _tree(pid: int) -> list[psutil.Process]:
 
 
 def cpu_seconds(pids: list[int]) -> float:
+    """CPU of the process trees, children that have exited included (PostgreSQL's backend of a
+    closed connection, reaped by its postmaster): without them a delta could even be negative."""
     total = 0.0
     for pid in pids:
         for proc in _tree(pid):
             with contextlib.suppress(psutil.Error):
                 t = proc.cpu_times()
-                total += t.user + t.system
+                total += t.user + t.system + t.children_user + t.children_system
     return total
 
 
