@@ -254,7 +254,8 @@ class WriteAhead:
                 return
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), remaining)
+                async with asyncio.timeout(remaining):
+                    await self._wake.wait()
             if self._window:
                 await asyncio.sleep(self._window)
 
@@ -264,7 +265,8 @@ class WriteAhead:
             return
         due = min(self._logged_at.get(d, 0.0) for d in self._unlogged) + self._feed_interval
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), max(0.0, due - time.monotonic()))
+            async with asyncio.timeout(max(0.0, due - time.monotonic())):  # not wait_for: no task per wait
+                await self._wake.wait()
 
     def _count(self, batch: Sequence[PendingUpdate]) -> None:
         if not self._feed_interval:
@@ -309,7 +311,8 @@ class WriteAhead:
     async def _write_entries(self, due: list[UUID]) -> None:
         entries = [self._unlogged[d] for d in due]
         try:
-            await asyncio.wait_for(self._pool.execute(_FEED_ENTRY, *self._feed_args(entries)), ATTEMPT_SECONDS)
+            async with asyncio.timeout(ATTEMPT_SECONDS):
+                await self._pool.execute(_FEED_ENTRY, *self._feed_args(entries))
         except (*UNAVAILABLE_ERRORS, asyncpg.PostgresError, TimeoutError) as exc:
             log.debug("live feed entries not written (the next compaction writes one): %s", exc)
         self._logged(due, entries)  # not retried at once either: that would spin while PostgreSQL is away
@@ -323,7 +326,8 @@ class WriteAhead:
         args = _columns(batch)
         due = self._due() if feed else []
         if not due:
-            await asyncio.wait_for(self._pool.execute(_INSERT, *args), ATTEMPT_SECONDS)
+            async with asyncio.timeout(ATTEMPT_SECONDS):  # not wait_for: no task per commit
+                await self._pool.execute(_INSERT, *args)
             return
         entries = [self._unlogged[d] for d in due]
         async with asyncio.timeout(ATTEMPT_SECONDS), self._pool.acquire() as conn, conn.transaction():
