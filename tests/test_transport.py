@@ -11,6 +11,7 @@ from pycrdt import Doc, Text
 
 from collab_server.client import YClient
 from collab_server.core.protocol import encode_update
+from collab_server.storage.postgres import open_document_id
 from tests.waiting import eventually
 
 
@@ -216,3 +217,22 @@ async def test_every_receiver_of_a_broadcast_reads_it_whole(server) -> None:  # 
         assert client.close_code is None
     for client in (writer, a, b, late):
         await client.close()
+
+
+async def test_a_client_close_is_answered_before_the_room_is_left(server) -> None:  # type: ignore[no-untyped-def]
+    """The close answer and our end of TCP go first; the room's bookkeeping after (off the client's path)."""
+    hub = server.ctx.hub
+    seen: list[bool] = []
+    leave = hub.leave
+
+    def recording_leave(room, conn) -> None:  # type: ignore[no-untyped-def]
+        seen.append(conn.peer._transport.is_closing())  # our own transport: already closing?
+        leave(room, conn)
+
+    hub.leave = recording_leave
+    client = await YClient(server.ws_url("close-order")).connect()
+    await client.close()
+    await eventually(lambda: seen, lambda s: len(s) == 1, what="the room was left")
+    assert seen == [True]
+    room = hub.get(open_document_id("close-order"))
+    assert room is None or not room.connections

@@ -428,6 +428,7 @@ class WebSocketProtocol(asyncio.Protocol):
             received = self._ws.close_rcvd
             conn.closing = True
             conn.close_code = conn.close_code or (received.code if received is not None else 1005)
+            self._send_pending()  # the answer and our end of TCP first: leaving the room can wait for them
             self._leave()
 
     def _message(self, conn: Connection, data: bytes) -> None:
