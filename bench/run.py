@@ -433,7 +433,7 @@ def headline(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
         numbers = isinstance(ours, (int, float)) and isinstance(ref, (int, float)) and ref
         ratio = round(ours / ref, 2) if numbers else None
         met = None
-        if target is not None:
+        if target is not None and "not valid" not in name:  # a generator-bound figure meets nothing
             kind, bar = target
             value = ratio if kind == "×" else ours
             if isinstance(value, (int, float)):

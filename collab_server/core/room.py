@@ -39,7 +39,9 @@ log = logging.getLogger("collab.room")
 _NO_EXTENSIONS = Extensions()
 _EMPTY_UPDATE = b"\x00\x00"  # no structs, no deletions
 _EMPTY_VECTOR = b"\x00"  # a state vector that knows nothing: a fresh client's sync step 1
-WHOLE_CACHE_BYTES = 256 * 1024  # the largest whole-document update a room keeps for joiners
+# The largest whole-document update a room keeps for joiners. Kept until the next change, it costs at most
+# about a fifth of what the Doc itself holds (measured: a 35 KiB encoding, 173 KiB of Doc).
+WHOLE_CACHE_BYTES = 256 * 1024
 SIZE_RECHECK = 5.0  # seconds between exact measurements of a document at its size limit
 
 
@@ -119,8 +121,6 @@ class Room:
             self._changed()
             self.doc.apply_update(state)
             self._hold_missing(state)
-            if not self._missing and len(state) <= WHOLE_CACHE_BYTES:
-                self._whole = state  # the Doc holds exactly this: a joiner needs no encode
         self.size = len(state)
 
     # -- connections ---------------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from pycrdt import Doc, Text
+from pycrdt import Doc, Text, merge_updates
 
 from collab_server.core.connection import ClientInfo
 from collab_server.core.protocol import CloseCode, Kind, Message, ProtocolError
@@ -212,20 +212,34 @@ def _step2_payloads(client: MemoryClient) -> list[bytes]:
 
 
 async def test_joiners_share_one_encoding_of_the_document_until_it_changes() -> None:
-    """A fresh client's step 2 is the whole document: encoded once per change, not per joiner
-    (a loaded room serves its stored state as it is)."""
-    stored = edit("stored")
+    """A fresh client's step 2 is the whole document, encoded once per change, not per joiner: the
+    Doc's own encoding, never the stored bytes (which keep what the Doc has garbage-collected)."""
+    doc, updates = Doc(), []
+    doc.observe(lambda event: updates.append(event.update))
+    text = doc.get("content", type=Text)
+    text.insert(0, "x" * 10_000 + "stored")
+    del text[0:10_000]
+    stored = merge_updates(*updates)  # as a compaction stores them: the deleted text kept
     room = Room(uuid.uuid4())
     room.load_state(stored)
     first, second = MemoryClient().attach(room), MemoryClient().attach(room)
     await turns()
-    assert _step2_payloads(first) == _step2_payloads(second) == [stored]
-    assert room.whole_update() is stored and room.state_vector() is room.state_vector() == room.doc.get_state()
+    whole = room.whole_update()
+    assert whole == room.doc.get_update() and len(whole) < len(stored) // 10
+    assert _step2_payloads(first) == _step2_payloads(second) == [whole] and room.whole_update() is whole
+    assert room.state_vector() is room.state_vector() == room.doc.get_state()
     first.text.insert(0, "new ")
     await turns()
     third = MemoryClient().attach(room)
     await eventually(lambda: str(third), lambda s: s == "new stored", what="the joiner after an edit")
-    assert room.whole_update() is not stored and room.whole_update() is room.whole_update()
+    assert room.whole_update() is not whole and room.whole_update() == room.doc.get_update()
+
+
+async def test_a_loaded_state_past_the_missing_bound_is_not_served_to_joiners() -> None:
+    """Structs released at load (waiting for changes the room never had) reach no joiner."""
+    room = Room(uuid.uuid4(), max_missing_bytes=10)
+    room.load_state(dependent_edits(100)[1])
+    assert room.missing_bytes == 0 and room.whole_update() == room.doc.get_update() == b"\x00\x00"
 
 
 async def test_every_change_to_the_document_reaches_the_next_joiner() -> None:
