@@ -260,13 +260,11 @@ class EmbeddedRedis:
             return None
 
     def _running_port(self) -> int | None:
+        pid = self.pid
         try:
-            pid = self.pid
-            if pid is None:
-                raise FileNotFoundError(self._pid_file)
             port = int(self._port_file.read_text().strip())
-            proc = psutil.Process(pid)
-            alive = proc.is_running() and "redis" in proc.name() and proc.status() != "zombie"
+            proc = psutil.Process(pid) if pid is not None else None
+            alive = proc is not None and proc.is_running() and "redis" in proc.name() and proc.status() != "zombie"
         except (FileNotFoundError, ValueError, psutil.Error):
             alive, port = False, 0
         if alive and _port_open(port):
@@ -318,9 +316,9 @@ class EmbeddedRedis:
     def stop(self, kill: bool = False) -> None:
         """Terminate, or with `kill` SIGKILL (chaos runs: what the append-only file has not flushed is lost)."""
         pid = self.pid
+        if pid is None:
+            return
         try:
-            if pid is None:
-                return
             proc = psutil.Process(pid)
         except psutil.Error:
             return
