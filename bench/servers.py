@@ -121,8 +121,9 @@ class Backing:
         if self.pg is not None:
             with contextlib.suppress(OSError, ValueError, IndexError):
                 pids.append(int((self.pg.data_dir / "postmaster.pid").read_text().splitlines()[0]))
-        if self.redis is not None and self.redis.pid is not None:
-            pids.append(self.redis.pid)
+        redis_pid = self.redis.pid if self.redis is not None else None
+        if redis_pid is not None:
+            pids.append(redis_pid)
         return pids
 
     def stop(self) -> None:
